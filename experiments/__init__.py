@@ -1,0 +1,1 @@
+"""Experiment runners and one config file per experiment."""

@@ -1,0 +1,101 @@
+"""What a user does: run configs through the runner, on real bundled data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import quickstart
+from hsicib import experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _digits_config(modes, epochs=4):
+    c = quickstart.get_config()
+    c.modes = tuple(modes)
+    c.train.epochs = epochs
+    c.train.sequential_stage_epochs = 1
+    c.train.log_every_s = 1e9
+    c.optim.milestones = ()
+    c.hsic.every = 2
+    c.hsic.eval_size = 200
+    return c
+
+
+@pytest.mark.parametrize("mode", ["e2e", "layerwise", "modules:2", "sequential"])
+def test_every_mode_learns_the_digits(tmp_path, mode):
+    c = _digits_config([mode])
+    summary = experiment.run(c, tmp_path)[mode]
+    # Chance is 10 %; a few epochs of any mode are far above it.
+    assert summary["final_test_acc"] > 0.5, summary
+    rows = [
+        json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows[0]["epoch"] == 0 and rows[-1]["epoch"] == summary["epochs"]
+    assert len(rows[-1]["probe_acc"]) == summary["num_blocks"]
+    for name in ("config.json", "summary.json", "infoplane.csv", "checkpoints"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_rerun_resumes_without_duplicating_rows(tmp_path):
+    c = _digits_config(["e2e"], epochs=2)
+    experiment.run(c, tmp_path)
+    first = (tmp_path / "metrics.jsonl").read_text()
+    experiment.run(c, tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == first
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    c = _digits_config(["e2e"], epochs=1)
+    experiment.run(c, tmp_path)
+    c.optim.lr = 0.5
+    with pytest.raises(experiment.RunError, match=r"optim.lr: 0.002 -> 0.5"):
+        experiment.run(c, tmp_path)
+
+
+def _cli(*args, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_cli_bad_field_exits_2_with_one_line_and_no_files(tmp_path):
+    workdir = tmp_path / "run"
+    res = _cli(
+        "--config=experiments/quickstart.py",
+        f"--workdir={workdir}",
+        "--config.model.name=alexnet",
+    )
+    assert res.returncode == 2, res.stderr
+    assert "model.name='alexnet'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not workdir.exists()
+
+
+@pytest.mark.skipif(
+    not FASHION.exists(), reason="apt-get install dataset-fashion-mnist"
+)
+def test_lenet5_e2e_reaches_88_percent_on_real_fashion_mnist(tmp_path):
+    from experiments import lenet5_fashion
+
+    c = lenet5_fashion.get_config()
+    c.modes = ("e2e",)
+    c.train.epochs = 4
+    c.optim.milestones = (3,)
+    c.hsic.enabled = False
+    c.train.log_every_s = 1e9
+    summary = experiment.run(c, tmp_path)["e2e"]
+    assert summary["final_test_acc"] >= 0.88, summary
