@@ -140,6 +140,7 @@ class _JaxCase:
         self.chunk = chunk
         x0, y0 = self.images[:batch_size], self.labels[:batch_size]
         self.batch = (x0, y0)
+        self._step_fn = step
         self.step = (
             jax.jit(step, donate_argnums=(0,)).lower(state, x0, y0).compile()
         )

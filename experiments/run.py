@@ -35,7 +35,27 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _DropOrbaxInfo(logging.logging.Filter):
+    """Keeps orbax's per-save INFO chatter out of the run's log."""
+
+    def filter(self, record) -> bool:
+        return (
+            record.levelno >= logging.logging.WARNING or "orbax" not in record.pathname
+        )
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags; a bad flag or config file is one line and exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # flags.Error, and config-file load errors.
+        message = str(e).strip().splitlines()
+        print(f"error: {' '.join(line.strip() for line in message)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> int:
+    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
@@ -53,4 +73,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

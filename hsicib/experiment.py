@@ -517,6 +517,8 @@ def train_mode(
         "epochs": num_epochs,
         "steps": num_epochs * steps_per_epoch,
         "wall_time_s": time.perf_counter() - t0,
+        "params_sha256": params_digest(state.params),
+        "num_classes": num_classes,
         "backend": jax.default_backend(),
         "num_devices": jax.device_count(),
     }
@@ -528,6 +530,16 @@ def train_mode(
         _fmt_seconds(summary["wall_time_s"]),
     )
     return summary
+
+
+def params_digest(params) -> str:
+    """SHA-256 of every parameter's bytes in tree order: equal digests, equal runs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
 
 
 def _check_finite(m: dict, mode: str, epoch: int, first_step: int, block_names) -> None:

@@ -361,12 +361,14 @@ def test_cli_bad_dir_exits_2_with_one_line(tmp_path, capsys, kind):
     assert str(target) in err and "Traceback" not in err
 
 
-def test_cli_in_process_writes_report(comparison, tmp_path, capsys):
-    root, _, _ = comparison
+def test_cli_in_process_writes_report(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "e2e", "e2e", 0)
+    (tmp_path / "runs" / "e2e" / "infoplane.csv").unlink()  # Fast: no nHSIC plots.
     out = tmp_path / "cli_out"
-    assert report_cli.main([str(root), "--out", str(out)]) == 0
+    assert report_cli.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out / "report.md")
-    assert (out / "figures" / "infoplane.png").stat().st_size > 0
+    assert "| e2e | 98.50 | 123.4 |" in (out / "report.md").read_text()
+    assert (out / "figures" / "separability.png").stat().st_size > 0
 
 
 def test_cli_subprocess_bad_dir_exit_code(tmp_path):

@@ -22,6 +22,7 @@ Modules:
 * ``mlp``, ``lenet``, ``vgg``, ``resnet``: the block layouts.
 """
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ from hsicib.models.heads import (
 )
 from hsicib.models.lenet import CLASSIC_PARAM_COUNT, lenet5_blocks
 from hsicib.models.mlp import DEFAULT_HIDDEN, mlp_blocks
-from hsicib.models.resnet import RESNET_LAYOUTS, resnet_blocks
+from hsicib.models.resnet import resnet_blocks
 from hsicib.models.vgg import VGG_LAYOUTS, vgg_blocks
 
 __all__ = [
@@ -58,7 +59,16 @@ __all__ = [
     "pool_for_head",
 ]
 
-MODEL_NAMES = ("mlp", "lenet5", "vgg8b", "vgg11b", "vgg11", "resnet18", "resnet34", "resnet50")
+MODEL_NAMES = (
+    "mlp",
+    "lenet5",
+    "vgg8b",
+    "vgg11b",
+    "vgg11",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+)
 
 
 def block_specs(
@@ -84,13 +94,17 @@ def block_specs(
         return lenet5_blocks(width_mult)
     if name in VGG_LAYOUTS:
         return vgg_blocks(name, width_mult)
-    assert name in RESNET_LAYOUTS
     return resnet_blocks(name, width_mult)
 
 
-def _check_positive_int(field: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _positive_int(field: str, value: Any, minimum: int = 1) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
         raise ValueError(f"{field} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def build_model(
@@ -130,10 +144,10 @@ def build_model(
       An unbound :class:`BlockNet`.
     """
     blocks = block_specs(name, width_mult=width_mult, mlp_hidden=mlp_hidden)
-    _check_positive_int("num_classes", num_classes, 2)
-    _check_positive_int("head_hidden", head_hidden)
-    _check_positive_int("proj_dim", proj_dim)
-    _check_positive_int("max_head_features", max_head_features)
+    num_classes = _positive_int("num_classes", num_classes, 2)
+    head_hidden = _positive_int("head_hidden", head_hidden)
+    proj_dim = _positive_int("proj_dim", proj_dim)
+    max_head_features = _positive_int("max_head_features", max_head_features)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     return BlockNet(

@@ -70,9 +70,7 @@ class BlockSpec:
         if self.kind not in BLOCK_KINDS:
             raise ValueError(f"kind must be one of {BLOCK_KINDS}, got {self.kind!r}")
         if self.padding not in PADDINGS:
-            raise ValueError(
-                f"padding must be one of {PADDINGS}, got {self.padding!r}"
-            )
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.features < 1:
             raise ValueError(f"features must be >= 1, got {self.features}")
 

@@ -29,7 +29,9 @@ def mlp_blocks(
     """
     hidden = tuple(hidden)
     if not hidden or any(int(w) < 1 for w in hidden):
-        raise ValueError(f"hidden must be a non-empty tuple of widths >= 1, got {hidden}")
+        raise ValueError(
+            f"hidden must be a non-empty tuple of widths >= 1, got {hidden}"
+        )
     return tuple(
         BlockSpec("dense", scale_width(int(w), width_mult), f"fc{i + 1}")
         for i, w in enumerate(hidden)

@@ -56,7 +56,9 @@ def vgg_blocks(name: str, width_mult: float = 1.0) -> tuple[BlockSpec, ...]:
             n_conv += 1
             width, kind, label = item, "conv", f"conv{n_conv}"
         specs.append(
-            BlockSpec(kind, scale_width(width, width_mult), label, pool_input=pool_pending)
+            BlockSpec(
+                kind, scale_width(width, width_mult), label, pool_input=pool_pending
+            )
         )
         pool_pending = False
     return tuple(specs)
