@@ -112,7 +112,10 @@ def test_eight_devices_match_one_device(tmp_path):
     out = json.loads(line[len("RESULT ") :])
     for mode in ("e2e", "layerwise", "modules:2", "sequential"):
         np.testing.assert_allclose(out[mode]["loss_1"], out[mode]["loss_8"], rtol=1e-5)
-        assert out[mode]["param_max_abs_diff"] < 1e-5, (mode, out[mode])
+        # Adam moves a parameter by at most ~lr = 1e-3 per step; gradients that
+        # differ in their last bits (all-reduce order) can change a near-zero
+        # component's normalized update, so allow 1e-4 (2.5 % of 4 steps' reach).
+        assert out[mode]["param_max_abs_diff"] < 1e-4, (mode, out[mode])
     one, eight = out["run/1"], out["run/8"]
     np.testing.assert_allclose(
         one["infoplane"], eight["infoplane"], rtol=1e-4, atol=1e-5
