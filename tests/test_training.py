@@ -304,8 +304,11 @@ def test_train_chunk_compiles_once_and_matches_steps():
     for _ in range(2):
         for row in np.asarray(idx):
             s_loop, _ = step(s_loop, images[row], labels[row])
+    # XLA fuses the scanned and the single step differently; Adam's normalized
+    # updates (at most lr = 1e-2 per step) turn last-bit gradient differences
+    # into differences far below one step.
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4),
         s_chunk.params,
         s_loop.params,
     )
