@@ -43,10 +43,11 @@ import dataclasses
 import datetime
 import os
 import platform
+import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,42 +65,73 @@ except ImportError:  # pragma: no cover - exercised where torch is absent
     torch_ref = None
 
 MODES = ("e2e", "layerwise", "sequential")
+VARIANTS = ("default", "stop_frozen")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSetup:
-    """What one benchmarked network reads and how long to time it."""
+    """What one benchmarked network reads and how long to time it.
+
+    Attributes:
+      image_shape: (height, width, channels).
+      repeats: timed repeats of the single jitted step and of the torch step.
+      chunk: S, the steps in one scanned chunk.
+      scan_repeats: timed chunks (each S steps); 0 skips the scan runner.
+      scan_warmup: untimed chunks before the timed ones.
+      warmup: untimed jit and torch steps before the timed ones (>= 1).
+    """
 
     image_shape: tuple[int, int, int]
     repeats: int
     chunk: int
+    scan_repeats: int
+    scan_warmup: int
+    warmup: int = 3
 
 
+# ResNet-18 at batch 128 takes tens of seconds per step on a 2-core CPU, and the
+# scan runner several times more (see the README), hence its few repeats.
 SETUPS = {
-    "lenet5": ModelSetup((28, 28, 1), repeats=20, chunk=10),
-    "resnet18": ModelSetup((32, 32, 3), repeats=5, chunk=2),
+    "lenet5": ModelSetup(
+        (28, 28, 1), repeats=10, chunk=5, scan_repeats=10, scan_warmup=1
+    ),
+    "resnet18": ModelSetup(
+        (32, 32, 3), repeats=3, chunk=2, scan_repeats=1, scan_warmup=0, warmup=1
+    ),
 }
-QUICK_SETUP = {"width_mult": 0.125, "batch_size": 16, "repeats": 3, "chunk": 2}
+QUICK = {"width_mult": 0.125, "batch_size": 16, "repeats": 3, "chunk": 2}
+# Untimed pause before every timed call, so that the worker threads of the
+# runtime that ran last (XLA's pool, PyTorch's OpenMP team) have gone idle.
+PAUSE_S = 0.05
+# The dimension numbers XLA:CPU hands to its fast convolution kernels.
+CANONICAL_CONV = "dim_labels=b01f_01io->b01f"
 
 
 @dataclasses.dataclass
 class Row:
-    """One line of the result table (times in ms per step, memory in bytes)."""
+    """One line of the result table (times in ms per step, memory in bytes).
+
+    ``convs`` counts the convolutions of the compiled programs that are not in
+    XLA:CPU's canonical form (:data:`CANONICAL_CONV`), as "jit/scan/total".
+    """
 
     model: str
     mode: str
-    jax_scan_ms: float
+    jax_scan_ms: float | None
     jax_jit_ms: float
     torch_ms: float | None
     jax_mem: int
     torch_mem: int | None
     jax_gflop: float
     loss_gap: float | None
+    convs: str
+    best_ms: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
-    @property
-    def ratio(self) -> float | None:
-        """JAX scan step time / torch step time."""
-        return None if self.torch_ms is None else self.jax_scan_ms / self.torch_ms
+
+def count_convs(hlo_text: str) -> tuple[int, int]:
+    """(non-canonical, total) convolutions in an optimized HLO module's text."""
+    labels = re.findall(r"dim_labels=[0-9a-z_]+->[0-9a-z]+", hlo_text)
+    return sum(label != CANONICAL_CONV for label in labels), len(labels)
 
 
 # --------------------------------------------------------------------------- #
@@ -108,7 +140,7 @@ class Row:
 
 
 class _JaxCase:
-    """hsicib's compiled step and chunk runner for one model and mode."""
+    """hsicib's compiled step (and chunk runner) for one model and mode."""
 
     def __init__(self, model, mode, image_shape, batch_size, chunk, seed, variant):
         num_blocks = model.num_blocks
@@ -122,12 +154,12 @@ class _JaxCase:
         stage = 0 if mode == "sequential" else None
         mask = training.trainable_mask(state.params, mode, num_blocks, stage)
         tx = training.make_optimizer(name="adam", schedule=schedule, mask=mask)
-        state = state.replace(opt_state=tx.init(state.params))
-        self.init_params = jax.tree.map(np.asarray, state.params)
-        self.init_stats = jax.tree.map(np.asarray, state.batch_stats)
+        self.state = state.replace(opt_state=tx.init(state.params))
+        self.init_params = jax.tree.map(np.array, state.params)
+        self.init_stats = jax.tree.map(np.array, state.batch_stats)
         cfg = training.StepConfig(num_classes=10, mean=self.mean, std=self.std)
         routed = _StopFrozen(model, mask) if variant == "stop_frozen" else model
-        step = training.make_train_step(
+        self.step_fn = training.make_train_step(
             routed, training.make_routing(mode, num_blocks), tx, cfg, mask=mask
         )
         rng = np.random.default_rng(seed)
@@ -138,18 +170,13 @@ class _JaxCase:
         self.labels = jnp.asarray(rng.integers(0, 10, (n,), dtype=np.int32))
         self.batch_idx = jnp.arange(n, dtype=jnp.int32).reshape(chunk, batch_size)
         self.chunk = chunk
-        x0, y0 = self.images[:batch_size], self.labels[:batch_size]
-        self.batch = (x0, y0)
-        self._step_fn = step
+        self.batch = (self.images[:batch_size], self.labels[:batch_size])
         self.step = (
-            jax.jit(step, donate_argnums=(0,)).lower(state, x0, y0).compile()
-        )
-        self.run_chunk = (
-            training.make_train_chunk(step)
-            .lower(state, self.images, self.labels, self.batch_idx)
+            jax.jit(self.step_fn, donate_argnums=(0,))
+            .lower(self.state, *self.batch)
             .compile()
         )
-        self.state = state
+        self.run_chunk = None
         mem = self.step.memory_analysis()
         self.peak_bytes = int(
             mem.argument_size_in_bytes
@@ -160,14 +187,26 @@ class _JaxCase:
         cost = self.step.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         self.gflop = float(cost.get("flops", float("nan"))) / 1e9
+        self.convs = {"jit": count_convs(self.step.as_text())}
+
+    def compile_chunk(self) -> None:
+        """Compiles ``hsicib.training.make_train_chunk`` of the same step."""
+        self.run_chunk = (
+            training.make_train_chunk(self.step_fn)
+            .lower(self.state, self.images, self.labels, self.batch_idx)
+            .compile()
+        )
+        self.convs["scan"] = count_convs(self.run_chunk.as_text())
 
     def time_step(self) -> tuple[float, dict]:
+        time.sleep(PAUSE_S)
         start = time.perf_counter()
         self.state, metrics = self.step(self.state, *self.batch)
         jax.block_until_ready((self.state, metrics))
         return time.perf_counter() - start, metrics
 
     def time_chunk(self) -> float:
+        time.sleep(PAUSE_S)
         start = time.perf_counter()
         self.state, metrics = self.run_chunk(
             self.state, self.images, self.labels, self.batch_idx
@@ -217,6 +256,7 @@ class _TorchCase:
         )
 
     def time_step(self) -> tuple[float, dict]:
+        time.sleep(PAUSE_S)
         start = time.perf_counter()
         metrics = self.step(*self.batch)
         return time.perf_counter() - start, metrics
@@ -229,7 +269,9 @@ class _TorchCase:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             self.step(*self.batch)
         events = prof.profiler.kineto_results.events()
-        mem = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+        mem = sorted(
+            (e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"
+        )
         live = peak = 0
         for _, nbytes in mem:
             live += nbytes
@@ -246,84 +288,147 @@ def _median_ms(values: Sequence[float]) -> float:
     return 1e3 * statistics.median(values)
 
 
-def bench_case(
+@dataclasses.dataclass
+class _Case:
+    """One mode (or prototype variant) of one model, both frameworks."""
+
+    mode: str
+    variant: str
+    jax: _JaxCase
+    torch: _TorchCase | None
+    scan: bool
+    loss_gap: float | None = None
+    times: dict[str, list[float]] = dataclasses.field(
+        default_factory=lambda: {"scan": [], "jit": [], "torch": []}
+    )
+
+    @property
+    def label(self) -> str:
+        return (
+            self.mode if self.variant == "default" else f"{self.mode} ({self.variant})"
+        )
+
+
+def bench_model(
     name: str,
-    mode: str,
+    modes: Sequence[str] = MODES,
     *,
     batch_size: int = 128,
-    repeats: int | None = None,
-    chunk: int | None = None,
     width_mult: float = 1.0,
+    setup: ModelSetup | None = None,
     use_torch: bool = True,
     seed: int = 0,
-    variant: str = "default",
-) -> Row:
-    """Times one model and mode in JAX (scan and jit) and, if asked, in PyTorch.
+    variants: Sequence[str] = (),
+) -> list[Row]:
+    """Times every mode of one model in JAX (scan and jit) and in PyTorch.
+
+    All cases are built first. Each then runs ``setup.warmup`` untimed steps per
+    framework (the first, from identical weights on one batch, gives
+    ``loss_gap``) and ``setup.scan_warmup`` untimed chunks. The timed repeats go
+    round-robin over the cases, and within a case run one chunk (while
+    ``setup.scan_repeats`` lasts), one jitted step and one torch step, so that
+    load from other processes falls on every column alike.
 
     Args:
       name: ``"lenet5"`` or ``"resnet18"``.
-      mode: ``"e2e"``, ``"layerwise"`` or ``"sequential"`` (stage 0).
+      modes: entries of ``MODES`` (``sequential`` trains stage 0).
       batch_size: examples per step.
-      repeats: timed repeats per runner (default: the model's setup).
-      chunk: steps per scanned chunk (default: the model's setup).
       width_mult: network width multiplier.
+      setup: repeats and chunk length (default: ``SETUPS[name]``).
       use_torch: also run the PyTorch twin (needs torch).
       seed: seed of the initialization and the synthetic data.
-      variant: ``"default"`` (hsicib's step) or ``"stop_frozen"`` (frozen
-        parameters behind ``stop_gradient``, see :class:`_StopFrozen`).
+      variants: prototype steps (``VARIANTS``) added after the ``sequential``
+        case, timed with the jitted step only.
 
     Returns:
-      A :class:`Row`.
+      One :class:`Row` per case.
     """
     if name not in SETUPS:
         raise ValueError(f"model={name!r} is not benchmarked; allowed: {tuple(SETUPS)}")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not benchmarked; allowed: {MODES}")
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not benchmarked; allowed: {MODES}")
+    for variant in variants:
+        if variant not in VARIANTS[1:]:
+            raise ValueError(
+                f"variant={variant!r} is not known; allowed: {VARIANTS[1:]}"
+            )
     if use_torch and torch is None:
         raise ValueError("use_torch=True needs PyTorch: pip install torch (CPU build)")
-    setup = SETUPS[name]
-    repeats = repeats or setup.repeats
-    chunk = chunk or setup.chunk
+    setup = setup or SETUPS[name]
     model = models.build_model(name, num_classes=10, width_mult=width_mult)
-    logging.info("compiling %s/%s (%s)", name, mode, variant)
-    jc = _JaxCase(model, mode, setup.image_shape, batch_size, chunk, seed, variant)
-    tc = None
-    loss_gap = None
-    if use_torch:
-        specs = models.block_specs(name, width_mult=width_mult)
-        tc = _TorchCase(specs, mode, jc, setup.image_shape)
-        # First step from identical weights and batch: the losses must agree.
-        _, jm = jc.time_step()
-        _, tm = tc.time_step()
-        jl, tl = float(jm["loss"]), float(tm["loss"])
-        loss_gap = abs(jl - tl) / max(abs(jl), 1e-12)
-        tc.time_step()
-    jc.time_step()
-    jc.time_chunk()
-    scan, jit, tt = [], [], []
-    for _ in range(repeats):
-        scan.append(jc.time_chunk())
-        jit.append(jc.time_step()[0])
-        if tc is not None:
-            tt.append(tc.time_step()[0])
+    specs = models.block_specs(name, width_mult=width_mult)
+    plan = []
+    for mode in modes:
+        plan.append((mode, "default"))
+        plan += [(mode, v) for v in variants if mode == "sequential"]
+    cases = []
+    for mode, variant in plan:
+        logging.info("compiling %s/%s (%s)", name, mode, variant)
+        jc = _JaxCase(
+            model, mode, setup.image_shape, batch_size, setup.chunk, seed, variant
+        )
+        default = variant == "default"
+        scan = default and setup.scan_repeats > 0
+        if scan:
+            jc.compile_chunk()
+        tc = None
+        if use_torch and default:
+            tc = _TorchCase(specs, mode, jc, setup.image_shape)
+        cases.append(_Case(mode, variant, jc, tc, scan))
+    for case in cases:
+        _, jax_metrics = case.jax.time_step()
+        if case.torch is not None:
+            _, torch_metrics = case.torch.time_step()
+            jl, tl = float(jax_metrics["loss"]), float(torch_metrics["loss"])
+            case.loss_gap = abs(jl - tl) / max(abs(jl), 1e-12)
+        for _ in range(setup.warmup - 1):
+            case.jax.time_step()
+            if case.torch is not None:
+                case.torch.time_step()
+        for _ in range(setup.scan_warmup if case.scan else 0):
+            case.jax.time_chunk()
+    for r in range(max(setup.repeats, setup.scan_repeats)):
+        for case in cases:
+            if case.scan and r < setup.scan_repeats:
+                case.times["scan"].append(case.jax.time_chunk())
+            if r < setup.repeats:
+                case.times["jit"].append(case.jax.time_step()[0])
+                if case.torch is not None:
+                    case.times["torch"].append(case.torch.time_step()[0])
+            logging.info(
+                "%s/%s repeat %d: %s",
+                name,
+                case.label,
+                r,
+                ", ".join(f"{k} {v[-1]:.3f} s" for k, v in case.times.items() if v),
+            )
+    return [_row(name, case) for case in cases]
+
+
+def _row(name: str, case: _Case) -> Row:
+    jc, tc, times = case.jax, case.torch, case.times
+    convs = jc.convs["jit"][0], jc.convs.get("scan", (None,))[0], jc.convs["jit"][1]
     row = Row(
         model=name,
-        mode=mode if variant == "default" else f"{mode} ({variant})",
-        jax_scan_ms=_median_ms(scan),
-        jax_jit_ms=_median_ms(jit),
-        torch_ms=_median_ms(tt) if tc is not None else None,
+        mode=case.label,
+        jax_scan_ms=_median_ms(times["scan"]) if times["scan"] else None,
+        jax_jit_ms=_median_ms(times["jit"]),
+        torch_ms=_median_ms(times["torch"]) if times["torch"] else None,
         jax_mem=jc.peak_bytes,
         torch_mem=tc.peak_bytes() if tc is not None else None,
         jax_gflop=jc.gflop,
-        loss_gap=loss_gap,
+        loss_gap=case.loss_gap,
+        convs="/".join("-" if c is None else str(c) for c in convs),
+        best_ms={k: 1e3 * min(v) if v else None for k, v in times.items()},
     )
     logging.info(
-        "%s/%s: scan %.1f ms, jit %.1f ms, torch %s ms",
+        "%s/%s: scan %s ms, jit %.1f ms, torch %s ms",
         row.model,
         row.mode,
-        row.jax_scan_ms,
+        _num(row.jax_scan_ms, "%.1f"),
         row.jax_jit_ms,
-        "-" if row.torch_ms is None else "%.1f" % row.torch_ms,
+        _num(row.torch_ms, "%.1f"),
     )
     return row
 
@@ -336,19 +441,40 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt % value
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """The markdown result table, then the layerwise / e2e time ratios."""
     lines = [
         "| model | mode | JAX scan step ms | JAX jit step ms | torch step ms | "
-        "JAX/torch | peak mem JAX | peak mem torch | XLA GFLOP/step | loss gap |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "JAX/torch (scan) | JAX/torch (jit) | peak mem JAX | peak mem torch | "
+        "XLA GFLOP/step | non-canonical convs jit/scan/all | loss gap |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.mode} | {r.jax_scan_ms:.1f} | {r.jax_jit_ms:.1f} | "
-            f"{_num(r.torch_ms, '%.1f')} | {_num(r.ratio, '%.2f')} | "
-            f"{_mib(r.jax_mem)} | {_mib(r.torch_mem)} | {r.jax_gflop:.2f} | "
-            f"{_num(r.loss_gap, '%.1e')} |"
+            f"| {r.model} | {r.mode} | {_num(r.jax_scan_ms, '%.1f')} | "
+            f"{r.jax_jit_ms:.1f} | {_num(r.torch_ms, '%.1f')} | "
+            f"{_num(_ratio(r.jax_scan_ms, r.torch_ms), '%.2f')} | "
+            f"{_num(_ratio(r.jax_jit_ms, r.torch_ms), '%.2f')} | "
+            f"{_mib(r.jax_mem)} | {_mib(r.torch_mem)} | {r.jax_gflop:.1f} | "
+            f"{r.convs} | {_num(r.loss_gap, '%.0e')} |"
+        )
+    lines += [
+        "",
+        "Fastest repeat (ms), less sensitive to load from other processes:",
+        "",
+        "| model | mode | JAX scan | JAX jit | torch | JAX jit/torch |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        b = r.best_ms
+        lines.append(
+            f"| {r.model} | {r.mode} | {_num(b.get('scan'), '%.1f')} | "
+            f"{_num(b.get('jit'), '%.1f')} | {_num(b.get('torch'), '%.1f')} | "
+            f"{_num(_ratio(b.get('jit'), b.get('torch')), '%.2f')} |"
         )
     by_key = {(r.model, r.mode): r for r in rows}
     ratio_lines = []
@@ -356,15 +482,15 @@ def format_table(rows: Sequence[Row]) -> str:
         e2e, lw = by_key.get((name, "e2e")), by_key.get((name, "layerwise"))
         if e2e is None or lw is None:
             continue
-        torch_ratio = (
-            None if lw.torch_ms is None else lw.torch_ms / e2e.torch_ms
-        )
         ratio_lines.append(
-            f"| {name} | {lw.jax_scan_ms / e2e.jax_scan_ms:.2f} | "
-            f"{lw.jax_jit_ms / e2e.jax_jit_ms:.2f} | {_num(torch_ratio, '%.2f')} |"
+            f"| {name} | {_num(_ratio(lw.jax_scan_ms, e2e.jax_scan_ms), '%.2f')} | "
+            f"{lw.jax_jit_ms / e2e.jax_jit_ms:.2f} | "
+            f"{_num(_ratio(lw.torch_ms, e2e.torch_ms), '%.2f')} |"
         )
     if ratio_lines:
         lines += [
+            "",
+            "Step time of layerwise over e2e (medians):",
             "",
             "| model | layerwise/e2e JAX scan | layerwise/e2e JAX jit | "
             "layerwise/e2e torch |",
@@ -388,8 +514,9 @@ def machine_line() -> str:
     versions = f"jax {jax.__version__}"
     if torch is not None:
         versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    load = f"load average {os.getloadavg()[0]:.1f}"
     return (
-        f"{cpu}, {os.cpu_count()} cores; {versions}; "
+        f"{cpu}, {os.cpu_count()} cores; {versions}; {load}; "
         f"{datetime.date.today().isoformat()}"
     )
 
@@ -401,63 +528,211 @@ def run(
     quick: bool = False,
     batch_size: int = 128,
     repeats: int | None = None,
+    scan_repeats: int | None = None,
     use_torch: bool = True,
     threads: int = 2,
     variants: Sequence[str] = (),
 ) -> list[Row]:
-    """Benchmarks every model x mode; ``quick`` shrinks widths, batch and repeats.
+    """Benchmarks every model x mode.
 
-    ``variants`` adds rows of prototype steps (``"stop_frozen"``, sequential
-    mode only).
+    Args:
+      model_names: keys of ``SETUPS``.
+      modes: entries of ``MODES``.
+      quick: width x 1/8, batch 16, 3 repeats, chunks of 2 (a smoke run).
+      batch_size: examples per step (ignored when ``quick``).
+      repeats: overrides the setups' repeats of the jit and torch steps.
+      scan_repeats: overrides the setups' number of timed chunks.
+      use_torch: also time the PyTorch twin when torch is installed.
+      threads: PyTorch intra-op threads (XLA:CPU uses every core).
+      variants: prototype steps to add as rows after each ``sequential`` row
+        (``"stop_frozen"``); they run the jitted step only.
+
+    Returns:
+      The rows, in order.
     """
-    if use_torch and torch is not None:
-        torch.set_num_threads(threads)
     use_torch = use_torch and torch is not None
-    kwargs = {"batch_size": batch_size, "repeats": repeats, "use_torch": use_torch}
-    if quick:
-        kwargs.update(
-            width_mult=QUICK_SETUP["width_mult"],
-            batch_size=QUICK_SETUP["batch_size"],
-            repeats=repeats or QUICK_SETUP["repeats"],
-            chunk=QUICK_SETUP["chunk"],
-        )
+    if use_torch:
+        torch.set_num_threads(threads)
+    width_mult = 1.0
     rows = []
     for name in model_names:
-        for mode in modes:
-            rows.append(bench_case(name, mode, **kwargs))
-            if mode == "sequential":
-                for variant in variants:
-                    rows.append(bench_case(name, mode, variant=variant, **kwargs))
+        if name not in SETUPS:
+            raise ValueError(
+                f"model={name!r} is not benchmarked; allowed: {tuple(SETUPS)}"
+            )
+        setup = SETUPS[name]
+        if quick:
+            width_mult, batch_size = QUICK["width_mult"], QUICK["batch_size"]
+            setup = dataclasses.replace(
+                setup,
+                repeats=QUICK["repeats"],
+                chunk=QUICK["chunk"],
+                scan_repeats=QUICK["repeats"],
+                scan_warmup=1,
+                warmup=2,
+            )
+        if repeats is not None:
+            setup = dataclasses.replace(setup, repeats=repeats)
+        if scan_repeats is not None:
+            setup = dataclasses.replace(setup, scan_repeats=scan_repeats)
+        rows += bench_model(
+            name,
+            modes,
+            batch_size=batch_size,
+            width_mult=width_mult,
+            setup=setup,
+            use_torch=use_torch,
+            variants=variants,
+        )
     return rows
 
 
+# The 3x3 convolutions of ResNet-18's four stages: (map size, channels).
+RESNET_CONVS = ((32, 64), (16, 128), (8, 256), (4, 512))
+
+
+def _time_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        time.sleep(PAUSE_S)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return _median_ms(times)
+
+
+def _jax_conv_ms(size: int, channels: int, batch_size: int, repeats: int):
+    """JAX times of one 3x3 convolution: forward, input and weight gradients."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (batch_size, size, size, channels))
+    w = jax.random.normal(keys[1], (3, 3, channels, channels)) * 0.05
+    g = jax.random.normal(keys[2], x.shape)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def dx(x, w, g):
+        return jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
+
+    def dw(x, w, g):
+        return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
+
+    def dw_scan(x, w, g):
+        def body(carry, _):
+            x, acc = carry
+            return (1.0001 * x, acc + dw(x, w, g)), None
+
+        return jax.lax.scan(body, (x, jnp.zeros_like(w)), None, length=2)[0][1]
+
+    out = {}
+    for key, fn in (("fwd", conv), ("dx", dx), ("dw", dw), ("dw_scan", dw_scan)):
+        args = (x, w) if key == "fwd" else (x, w, g)
+        compiled = jax.jit(fn).lower(*args).compile()
+        out[key] = _time_ms(
+            lambda c=compiled, a=args: jax.block_until_ready(c(*a)), repeats
+        )
+    out["dw_scan"] /= 2
+    return out
+
+
+def _torch_conv_ms(size: int, channels: int, batch_size: int, repeats: int):
+    """PyTorch times of the same convolution (oneDNN), same three parts."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, channels, size, size, generator=gen)
+    w = torch.randn(channels, channels, 3, 3, generator=gen) * 0.05
+    g = torch.randn(x.shape, generator=gen)
+
+    def backward(mask):
+        return torch.ops.aten.convolution_backward(
+            g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+        )
+
+    with torch.no_grad():
+        return {
+            "fwd": _time_ms(
+                lambda: torch.nn.functional.conv2d(x, w, padding=1), repeats
+            ),
+            "dx": _time_ms(lambda: backward([True, False, False]), repeats),
+            "dw": _time_ms(lambda: backward([False, True, False]), repeats),
+        }
+
+
+def conv_table(batch_size: int = 32, repeats: int = 3, threads: int = 2) -> str:
+    """Markdown table: the 3x3 convolutions of ResNet-18, JAX beside PyTorch.
+
+    Times (ms, median) of the forward convolution, its input gradient (dx), its
+    weight gradient (dw), and in JAX also the weight gradient computed inside a
+    ``lax.scan`` body (per iteration), for every stage of ResNet-18.
+    """
+    lines = [
+        "| map | channels | JAX fwd | JAX dx | JAX dw | JAX dw in scan | "
+        "torch fwd | torch dx | torch dw |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    if torch is not None:
+        torch.set_num_threads(threads)
+    for size, channels in RESNET_CONVS:
+        j = _jax_conv_ms(size, channels, batch_size, repeats)
+        t = (
+            _torch_conv_ms(size, channels, batch_size, repeats)
+            if torch is not None
+            else {}
+        )
+        lines.append(
+            f"| {size}x{size} | {channels} | {j['fwd']:.1f} | {j['dx']:.1f} | "
+            f"{j['dw']:.1f} | {j['dw_scan']:.1f} | {_num(t.get('fwd'), '%.1f')} | "
+            f"{_num(t.get('dx'), '%.1f')} | {_num(t.get('dw'), '%.1f')} |"
+        )
+        logging.info("convolution %dx%dx%d timed", size, size, channels)
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: parses flags, runs :func:`run`, prints the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(SETUPS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--scan_repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument(
         "--variants", default="", help="comma-separated prototype steps: stop_frozen"
     )
+    parser.add_argument(
+        "--convs",
+        action="store_true",
+        help="time ResNet-18's 3x3 convolutions (forward, dx, dw) instead",
+    )
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)
+    start = time.time()
+    print("Start: " + machine_line(), flush=True)
+    if args.convs:
+        batch_size = 32 if args.quick else args.batch_size
+        print(conv_table(batch_size, args.repeats or 3, args.threads))
+        print("End: " + machine_line())
+        return
     rows = run(
         [m for m in args.models.split(",") if m],
         [m for m in args.modes.split(",") if m],
         quick=args.quick,
         batch_size=args.batch_size,
         repeats=args.repeats,
+        scan_repeats=args.scan_repeats,
         use_torch=not args.no_torch,
         threads=args.threads,
         variants=[v for v in args.variants.split(",") if v],
     )
     print(format_table(rows))
     print()
-    print("Machine: " + machine_line())
+    print("End: " + machine_line())
+    print("Wall time: %.0f s" % (time.time() - start))
     print("Command: python -m benchmarks.bench_train " + " ".join(sys.argv[1:]))
 
 

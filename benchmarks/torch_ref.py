@@ -130,7 +130,9 @@ class ConvBlock(nn.Module):
             cin, spec.features, spec.kernel, spec.stride, padding, hw, not batch_norm
         )
         hw = self.conv.out_hw
-        self.bn = nn.BatchNorm2d(spec.features, momentum=_BN_MOMENTUM) if batch_norm else None
+        self.bn = (
+            nn.BatchNorm2d(spec.features, momentum=_BN_MOMENTUM) if batch_norm else None
+        )
         hw = _pooled_hw(hw) if spec.pool_output else hw
         self.out_shape = (spec.features, *hw)
 
@@ -153,8 +155,12 @@ class DenseBlock(nn.Module):
         if self.pool_input:
             in_shape = (in_shape[0], *_pooled_hw(in_shape[1:]))
         self.in_map = tuple(in_shape) if len(in_shape) == 3 else None
-        self.dense = nn.Linear(int(np.prod(in_shape)), spec.features, bias=not batch_norm)
-        self.bn = nn.BatchNorm1d(spec.features, momentum=_BN_MOMENTUM) if batch_norm else None
+        self.dense = nn.Linear(
+            int(np.prod(in_shape)), spec.features, bias=not batch_norm
+        )
+        self.bn = (
+            nn.BatchNorm1d(spec.features, momentum=_BN_MOMENTUM) if batch_norm else None
+        )
         self.out_shape = (spec.features,)
 
     def forward(self, x):
@@ -176,7 +182,11 @@ class BasicBlock(nn.Module):
         bias = not batch_norm
 
         def bn():
-            return nn.BatchNorm2d(f, momentum=_BN_MOMENTUM) if batch_norm else nn.Identity()
+            return (
+                nn.BatchNorm2d(f, momentum=_BN_MOMENTUM)
+                if batch_norm
+                else nn.Identity()
+            )
 
         self.conv1 = _Conv(cin, f, 3, s, 1, (h, w), bias)
         self.bn1 = bn()
@@ -300,11 +310,15 @@ class TorchBlockNet(nn.Module):
                 _copy_linear(block.dense, p["dense"], block.in_map)
                 _copy_bn(block.bn, p.get("bn"), s.get("bn"))
             else:
-                for name in ("conv1", "conv2") + (("proj_conv",) if block.project else ()):
+                for name in ("conv1", "conv2") + (
+                    ("proj_conv",) if block.project else ()
+                ):
                     _copy_conv(getattr(block, name), p[name])
                 for name in ("bn1", "bn2") + (("proj_bn",) if block.project else ()):
                     _copy_bn(getattr(block, name), p.get(name), s.get(name))
-            _copy_linear(self.heads[i].out, params[f"head_{i}"]["out"], self.heads[i].in_map)
+            _copy_linear(
+                self.heads[i].out, params[f"head_{i}"]["out"], self.heads[i].in_map
+            )
             _copy_linear(
                 self.probes[i].out, params[f"probe_{i}"]["out"], self.probes[i].in_map
             )

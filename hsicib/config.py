@@ -159,14 +159,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     modes = (c.modes,) if isinstance(c.modes, str) else tuple(c.modes)
     if not modes:
         raise ConfigError(
-            "modes=() is empty; give at least one of e2e, layerwise, sequential, modules:K"
+            "modes=() is empty; give at least one of e2e, layerwise, sequential, "
+            "modules:K"
         )
     if len(set(modes)) != len(modes):
         raise ConfigError(f"modes={modes!r} repeats a mode")
     for m in modes:
         if m not in ("e2e", "layerwise", "sequential") and not m.startswith("modules:"):
             raise ConfigError(
-                f"modes: {m!r} is not a known mode; allowed: e2e, layerwise, sequential, modules:K"
+                f"modes: {m!r} is not a known mode; allowed: e2e, layerwise, "
+                "sequential, modules:K"
             )
         if m.startswith("modules:") and not m[len("modules:") :].isdigit():
             raise ConfigError(f"modes: {m!r} needs an integer K, e.g. modules:2")

@@ -333,7 +333,7 @@ def train_mode(
         ds.image_shape,
         training.make_optimizer(name=c.optim.name, schedule=schedule),
     )
-    tx, mask = optimizer(stage_of(0), state.params)
+    tx, _ = optimizer(stage_of(0), state.params)
     state = state.replace(opt_state=tx.init(state.params))
 
     mesh = make_mesh(c)
@@ -552,7 +552,8 @@ def _check_finite(m: dict, mode: str, epoch: int, first_step: int, block_names) 
     bad_blocks = [block_names[i] for i in np.flatnonzero(~blocks_ok[bad])]
     where = ", ".join(bad_blocks) if bad_blocks else "the final classifier"
     raise RunError(
-        f"[{mode}] non-finite loss or gradient at epoch {epoch}, step {first_step + bad + 1} "
+        f"[{mode}] non-finite loss or gradient at epoch {epoch}, "
+        f"step {first_step + bad + 1} "
         f"in block {where}; the last good checkpoint is kept (lower optim.lr?)"
     )
 

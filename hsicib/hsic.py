@@ -14,8 +14,9 @@ Distances (matmul identity, never an (n, n, d) broadcast)::
 
     D_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j,   clamped at 0, D_ii = 0
 
-after subtracting the feature mean (distances do not change, cancellation
-does). Matmuls run with ``Precision.HIGHEST``.
+with the inner products x_i . x_j of the mean-centered features, H X X^T H
+(distances do not change, float32 cancellation does). Matmuls run with
+``Precision.HIGHEST``.
 
 Gaussian Gram, K_ij = exp(-D_ij / s) with D the squared distance
 (``distance="squared"``) or the Euclidean distance sqrt(D) (``"euclidean"``,
@@ -57,7 +58,8 @@ lam clipped at 0), R = U diag(a) U^T with a = lam / (lam + eps n), so::
 
 (o the elementwise product): one ``eigh`` per Gram and one (n, n) matmul per
 pair. Its derivative comes from dR = c A^-1 dG A^-1 (c = eps n, A = G + c I),
-which is smooth even where eigenvalues repeat, through a custom JVP.
+which is smooth even where eigenvalues repeat, through a custom JVP. The
+authors' code centers one side only (G = K H); the trace is the same.
 
 CKA (Kornblith et al. 2019)::
 
@@ -74,6 +76,17 @@ sample axis may be split into chunks of m examples whose estimates are
 averaged (the evaluation protocol of the authors' later code: 1,000 examples in
 chunks of 100). The Y side uses the (n, C) centered one-hot factor instead of
 an (n, n) eigendecomposition.
+
+Numerics. Internally the Gaussian Gram is kept as K - 1 = expm1(-D / s):
+centering, HSIC and NOCCO ignore the shift, and the paper's wide kernels
+(sigma = 5 per dimension puts most entries within 1e-2 of 1) keep their full
+float32 precision; with it, float32 nHSIC agrees with a float64 evaluation to
+about 1e-5 relative, where the authors' float32 explicit inverse is off by up
+to 1e-2. ``nhsic``, ``nhsic_labels``, ``all_layers`` and ``StreamingCKA`` use
+this path; ``nocco(gaussian_gram(x), ...)`` starts from K itself and is good
+to about 1e-3 in float32 (use x64 if that matters). On CPU the
+eigendecompositions of a stack run one at a time (``_eigh_many``): jaxlib
+0.10's batched LAPACK eigh can deadlock when two batches run concurrently.
 
 References:
   Gretton, Bousquet, Smola, Schoelkopf. Measuring statistical dependence with
@@ -247,7 +260,8 @@ def _one_hot(y, num_classes: int | None, name: str = "y") -> Array:
                 f"num_classes is required with integer labels {name} of shape "
                 f"{y.shape}; got None"
             )
-        return jax.nn.one_hot(y, _num_classes(num_classes), dtype=jnp.float32)
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64
+        return jax.nn.one_hot(y, _num_classes(num_classes), dtype=dtype)
     if y.ndim == 2:
         if num_classes is not None and y.shape[1] != _num_classes(num_classes):
             raise ValueError(
@@ -265,22 +279,35 @@ def _one_hot(y, num_classes: int | None, name: str = "y") -> Array:
 # ----------------------------------------------------------------------------
 
 
+def _center(k: Array) -> Array:
+    """H K H on the last two axes (batch dimensions allowed)."""
+    row = jnp.mean(k, axis=-1, keepdims=True)
+    col = jnp.mean(k, axis=-2, keepdims=True)
+    return k - row - col + jnp.mean(row, axis=-2, keepdims=True)
+
+
 def _sq_distances(x: Array) -> Array:
-    """(n, d) float -> (n, n) squared Euclidean distances."""
-    x = x - jnp.mean(x, axis=0, keepdims=True)
-    sq = jnp.sum(x * x, axis=1)
-    dist = sq[:, None] + sq[None, :] - 2.0 * _mm(x, x.T)
-    dist = 0.5 * (dist + dist.T)
-    dist = jnp.maximum(dist, 0.0)
+    """(n, d) float -> (n, n) squared Euclidean distances.
+
+    The inner products of the mean-centered features come from H (X X^T) H,
+    which is exact algebra and costs O(n^2) instead of a pass over (n, d)
+    (on XLA:CPU a column mean of a wide (n, d) array alone can cost several
+    times the matmul).
+    """
+    g = jax.lax.dot_general(x, x, (((1,), (1,)), ((), ())), precision=_HIGHEST)
+    g = _center(0.5 * (g + g.T))
+    sq = jnp.diagonal(g)
+    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)
     return jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, dist)
 
 
 def sq_distances(x) -> Array:
     """Pairwise squared Euclidean distances by the matmul identity.
 
-    D_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j on mean-centered features, with
-    ``Precision.HIGHEST``, symmetrized, clamped at 0, and an exactly zero
-    diagonal. Never forms an (n, n, d) array.
+    D_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j with the inner products of the
+    mean-centered features (H X X^T H), ``Precision.HIGHEST``, symmetrized,
+    clamped at 0, and an exactly zero diagonal. Never forms an (n, n, d)
+    array.
 
     Args:
       x: features, shape (n, ...) (flattened to (n, d)); any real dtype, bf16
@@ -413,13 +440,6 @@ def label_gram(y, num_classes: int | None = None) -> Array:
     return _mm(codes, codes.T)
 
 
-def _center(k: Array) -> Array:
-    """H K H on the last two axes (batch dimensions allowed)."""
-    row = jnp.mean(k, axis=-1, keepdims=True)
-    col = jnp.mean(k, axis=-2, keepdims=True)
-    return k - row - col + jnp.mean(row, axis=-2, keepdims=True)
-
-
 def center(k) -> Array:
     """Double centering H K H with H = I - 1 1^T / n (no H is formed).
 
@@ -539,34 +559,56 @@ def cka(k, l, *, estimator: Estimator = "biased") -> Array:  # noqa: E741
 # ----------------------------------------------------------------------------
 
 
-def _spectrum(g: Array, c) -> tuple[Array, Array, Array]:
-    """Centered Grams (..., n, n) -> a = lam/(lam+c), p = 1/(lam+c), U."""
-    lam, u = jnp.linalg.eigh(g)
-    lam = jnp.maximum(lam, 0.0)
-    p = 1.0 / (lam + c)
-    return lam * p, p, u
+def _swap(a: Array) -> Array:
+    return jnp.swapaxes(a, -1, -2)
 
 
-def _factor_spectrum(f: Array, c) -> tuple[Array, Array, Array]:
-    """Factor F (n, r) of G = F F^T -> q = 1/(s2+c), P, F P (no n x n eigh)."""
-    s2, v = jnp.linalg.eigh(_mm(f.T, f))
-    s2 = jnp.maximum(s2, 0.0)
-    return 1.0 / (s2 + c), v, _mm(f, v)
+def _eigh_many(g: Array) -> tuple[Array, Array]:
+    """Eigendecompositions of a stack (B, n, n) -> (B, n), (B, n, n).
+
+    On CPU, jaxlib's LAPACK eigh spreads a batch over XLA's intra-op thread
+    pool and blocks a pool thread until the batch is done; two such batched
+    calls running at the same time can wait on each other forever (seen with
+    jaxlib 0.10.2 on a 2-core machine). So on CPU we loop over unbatched
+    eighs (``lax.map``); other platforms get one batched call.
+    """
+    if g.shape[0] == 1:
+        lam, u = jnp.linalg.eigh(g[0])
+        return lam[None], u[None]
+    return jax.lax.platform_dependent(
+        g,
+        cpu=lambda a: tuple(jax.lax.map(jnp.linalg.eigh, a)),
+        default=lambda a: tuple(jnp.linalg.eigh(a)),
+    )
 
 
-def _nocco_against_impl(ga, gb, fb, c):
-    a_a, _, u_a = _spectrum(ga, c)
-    u_a_t = jnp.swapaxes(u_a, -1, -2)
-    out_b = out_f = None
-    if gb is not None:
-        a_b, _, u_b = _spectrum(gb, c)
-        w = _mm(u_a_t, u_b)
-        out_b = _einsum("pi,pij,j->p", a_a, w * w, a_b)
+def _spectra(ga: Array, gb: Array | None, fb: Array | None, c):
+    """Spectral data of the Grams of ``_nocco_against`` (one eigh per Gram).
+
+    Returns (a, p, U) for ga, batch shapes (B, P, n), (B, P, n), (B, P, n, n);
+    the same for gb without the P axis (or None); for fb (q, V, F V) with
+    q = 1 / (s^2 + c) and F^T F = V diag(s^2) V^T, shapes (B, r), (B, r, r),
+    (B, n, r) (or None). a = lam / (lam + c), p = 1 / (lam + c), lam >= 0.
+    """
+    b, p, n, _ = ga.shape
+    mats = ga if gb is None else jnp.concatenate([ga, gb[:, None]], axis=1)
+    lam, u = _eigh_many(mats.reshape(-1, n, n))
+    lam = jnp.maximum(lam, 0.0).reshape(b, -1, n)
+    u = u.reshape(b, -1, n, n)
+    inv = 1.0 / (lam + c)
+    a = lam * inv
+    spec_a = (a[:, :p], inv[:, :p], u[:, :p])
+    spec_b = None if gb is None else (a[:, p], inv[:, p], u[:, p])
+    spec_f = None
     if fb is not None:
-        q, _, fv = _factor_spectrum(fb, c)
-        z = _mm(u_a_t, fv)
-        out_f = _einsum("pi,pij,j->p", a_a, z * z, q)
-    return out_b, out_f
+        s2, v = _eigh_many(_mm(_swap(fb), fb))
+        spec_f = (1.0 / (jnp.maximum(s2, 0.0) + c), v, _mm(fb, v))
+    return spec_a, spec_b, spec_f
+
+
+def _quad(a: Array, w2: Array, b: Array) -> Array:
+    """sum_ij a_i w2_ij b_j per batch: a (B, P, n), w2 (B, P, n, k), b (B, k)."""
+    return _einsum("bpi,bpij,bj->bp", a, w2, b)
 
 
 @jax.custom_jvp
@@ -574,63 +616,70 @@ def _nocco_against(ga: Array, gb: Array | None, fb: Array | None, c: Array):
     """tr(R_a R_b) for a stack of centered Grams against one or two partners.
 
     Args:
-      ga: centered Grams, shape (P, n, n).
-      gb: one centered Gram, shape (n, n), or None.
-      fb: a factor F, shape (n, r), of a centered Gram G = F F^T, or None.
-      c: the regularizer eps * n (scalar).
+      ga: centered Grams, shape (B, P, n, n) (B chunks, P layers).
+      gb: one centered Gram per chunk, shape (B, n, n), or None.
+      fb: a factor F per chunk, shape (B, n, r), of the centered Gram
+        G = F F^T (centered one-hot labels), or None.
+      c: the ridge eps * n (scalar).
 
     Returns:
-      (against gb or None, against fb or None), each shape (P,).
+      (against gb or None, against fb or None), each shape (B, P).
     """
-    return _nocco_against_impl(ga, gb, fb, c)
+    (a_a, _, u_a), spec_b, spec_f = _spectra(ga, gb, fb, c)
+    out_b = out_f = None
+    if spec_b is not None:
+        a_b, _, u_b = spec_b
+        w = _einsum("bpki,bkj->bpij", u_a, u_b)
+        out_b = _quad(a_a, w * w, a_b)
+    if spec_f is not None:
+        q, _, fv = spec_f
+        z = _einsum("bpki,bkj->bpij", u_a, fv)
+        out_f = _quad(a_a, z * z, q)
+    return out_b, out_f
 
 
 @_nocco_against.defjvp
 def _nocco_against_jvp(primals, tangents):
-    # d tr(R_a R_b) = <c A^-1 R_b A^-1, dG_a> + <c B^-1 R_a B^-1, dG_b> + ...;
-    # in the eigenbasis the weights are c p_i p_j, smooth at repeated
-    # eigenvalues (unlike the derivative of eigh itself).
+    # d tr(R_a R_b) = <c A^-1 R_b A^-1, dG_a> + <c B^-1 R_a B^-1, dG_b> + ...
+    # (A = G_a + c I); in the eigenbasis the weights are c p_i p_j, smooth at
+    # repeated eigenvalues, unlike the derivative of eigh itself.
     ga, gb, fb, c = primals
     dga, dgb, dfb, dc = tangents
-    a_a, p_a, u_a = _spectrum(ga, c)
-    u_a_t = jnp.swapaxes(u_a, -1, -2)
+    (a_a, p_a, u_a), spec_b, spec_f = _spectra(ga, gb, fb, c)
+    u_a_t = _swap(u_a)
     e_a = _mm(_mm(u_a_t, dga), u_a)
-    pp_a = p_a[:, :, None] * p_a[:, None, :]
+    pp_a = p_a[..., :, None] * p_a[..., None, :]
     da_a = -a_a * p_a
     out_b = out_f = d_b = d_f = None
-    if gb is not None:
-        a_b, p_b, u_b = _spectrum(gb, c)
-        w = _mm(u_a_t, u_b)
+    if spec_b is not None:
+        a_b, p_b, u_b = spec_b
+        w = _einsum("bpki,bkj->bpij", u_a, u_b)
         w2 = w * w
-        out_b = _einsum("pi,pij,j->p", a_a, w2, a_b)
-        s_a = _mm(w * a_b[None, None, :], jnp.swapaxes(w, -1, -2))
-        s_b = _mm(jnp.swapaxes(w, -1, -2) * a_a[:, None, :], w)
-        e_b = _mm(_mm(u_b.T, dgb), u_b)
+        out_b = _quad(a_a, w2, a_b)
+        s_a = _mm(w * a_b[:, None, None, :], _swap(w))  # U^T R_b U
+        s_b = _mm(_swap(w) * a_a[..., None, :], w)  # V^T R_a V
+        e_b = _mm(_mm(_swap(u_b), dgb), u_b)[:, None]
+        pp_b = (p_b[:, :, None] * p_b[:, None, :])[:, None]
         d_b = c * (
-            jnp.sum(pp_a * s_a * e_a, axis=(1, 2))
-            + jnp.sum((p_b[:, None] * p_b[None, :]) * s_b * e_b, axis=(1, 2))
-        ) + dc * (
-            _einsum("pi,pij,j->p", da_a, w2, a_b)
-            + _einsum("pi,pij,j->p", a_a, w2, -a_b * p_b)
-        )
-    if fb is not None:
-        q, v, fv = _factor_spectrum(fb, c)
-        z = _mm(u_a_t, fv)
+            jnp.sum(pp_a * s_a * e_a, axis=(-2, -1))
+            + jnp.sum(pp_b * s_b * e_b, axis=(-2, -1))
+        ) + dc * (_quad(da_a, w2, a_b) + _quad(a_a, w2, -a_b * p_b))
+    if spec_f is not None:
+        q, v, fv = spec_f
+        z = _einsum("bpki,bkj->bpij", u_a, fv)
         z2 = z * z
-        out_f = _einsum("pi,pij,j->p", a_a, z2, q)
-        s_f = _mm(z * q[None, None, :], jnp.swapaxes(z, -1, -2))
-        # Gradient in F: 2 (I - R_f) R_a F S^-1, S = F^T F + c I.
-        t = _mm(u_a, a_a[:, :, None] * z * q[None, None, :])
-        t = _mm(t, v.T)
-        grad_f = 2.0 * (t - _mm(fv * q, _mm(fv.T, t)))
+        out_f = _quad(a_a, z2, q)
+        s_f = _mm(z * q[:, None, None, :], _swap(z))  # U^T R_f U
+        # Gradient in F: 2 (I - R_f) R_a F S^-1 with S = F^T F + c I.
+        t = _mm(
+            _mm(u_a, a_a[..., :, None] * z * q[:, None, None, :]), _swap(v)[:, None]
+        )
+        fvq = (fv * q[:, None, :])[:, None]
+        grad_f = 2.0 * (t - _mm(fvq, _mm(_swap(fv)[:, None], t)))
         d_f = (
-            c * jnp.sum(pp_a * s_f * e_a, axis=(1, 2))
-            + jnp.sum(grad_f * dfb, axis=(1, 2))
-            - dc
-            * (
-                _einsum("pi,pij,j->p", a_a * p_a, z2, q)
-                + _einsum("pi,pij,j->p", a_a, z2, q * q)
-            )
+            c * jnp.sum(pp_a * s_f * e_a, axis=(-2, -1))
+            + jnp.sum(grad_f * dfb[:, None], axis=(-2, -1))
+            - dc * (_quad(a_a * p_a, z2, q) + _quad(a_a, z2, q * q))
         )
     return (out_b, out_f), (d_b, d_f)
 
@@ -645,6 +694,12 @@ def nocco(k, l, *, eps: float = 1e-5) -> Array:  # noqa: E741
     Gradients use dR = c A^-1 dG A^-1 (c = eps n, A = G + c I) and stay finite
     for constant or duplicated inputs. Not bounded by 1 (at most n).
 
+    Precision: in float32, a Gram whose entries sit close to a constant (the
+    paper's wide Gaussian kernels) or that has many exactly-zero eigenvalues
+    next to large ones (label Grams) costs about 1e-3 relative accuracy here;
+    ``nhsic``, ``nhsic_labels`` and ``all_layers`` avoid both (module
+    docstring, "Numerics").
+
     Args:
       k: Gram matrix, shape (n, n) (centered inside).
       l: Gram matrix, shape (n, n).
@@ -658,8 +713,10 @@ def nocco(k, l, *, eps: float = 1e-5) -> Array:  # noqa: E741
     """
     k, g = _gram_pair(k, l)
     _check_positive("eps", eps)
-    out, _ = _nocco_against(_center(k)[None], _center(g), None, eps * k.shape[0])
-    return out[0]
+    out, _ = _nocco_against(
+        _center(k)[None, None], _center(g)[None], None, eps * k.shape[0]
+    )
+    return out[0, 0]
 
 
 def nhsic(
@@ -696,8 +753,10 @@ def nhsic(
     _check_same_n("x", x.shape[0], "z", z.shape[0])
     kx = _gaussian_minus_one(x, sigma, "per_dim", distance)
     kz = _gaussian_minus_one(z, sigma, "per_dim", distance)
-    out, _ = _nocco_against(_center(kx)[None], _center(kz), None, eps * x.shape[0])
-    return out[0]
+    out, _ = _nocco_against(
+        _center(kx)[None, None], _center(kz)[None], None, eps * x.shape[0]
+    )
+    return out[0, 0]
 
 
 def nhsic_labels(
@@ -739,8 +798,8 @@ def nhsic_labels(
     _check_same_n("y", codes.shape[0], "z", z.shape[0])
     kz = _gaussian_minus_one(z, sigma, "per_dim", distance)
     fy = codes - jnp.mean(codes, axis=0, keepdims=True)
-    _, out = _nocco_against(_center(kz)[None], None, fy, eps * z.shape[0])
-    return out[0]
+    _, out = _nocco_against(_center(kz)[None, None], None, fy[None], eps * z.shape[0])
+    return out[0, 0]
 
 
 # ----------------------------------------------------------------------------
@@ -823,23 +882,45 @@ def _labels_codes(y, n: int, num_classes: int) -> Array:
     return codes
 
 
-def _chunk_stats(x: Array, codes: Array, ts: list[Array], config: HSICConfig):
-    """Statistics of one chunk: x (m, d), codes (m, C), ts[l] (m, d_l)."""
-    kern = functools.partial(  # K - 1: same centered Grams, HSIC and CKA.
-        _gaussian_minus_one,
-        sigma=config.sigma,
-        bandwidth=config.bandwidth,
-        distance=config.distance,
+def _all_layers_stats(
+    xs: Array, codes: Array, tss: list[Array], config: HSICConfig
+) -> dict[str, Array]:
+    """Per-chunk statistics: xs (B, m, d), codes (B, m, C), tss[l] (B, m, d_l).
+
+    Returns each statistic with shape (B, L).
+    """
+    kern = jax.vmap(  # K - 1: the same centered Grams, HSIC and CKA as K.
+        functools.partial(
+            _gaussian_minus_one,
+            sigma=config.sigma,
+            bandwidth=config.bandwidth,
+            distance=config.distance,
+        )
     )
-    m = x.shape[0]
-    kx = kern(x)
-    kts = jnp.stack([kern(t) for t in ts])
-    fy = codes - jnp.mean(codes, axis=0, keepdims=True)
-    nh_x, nh_y = _nocco_against(_center(kts), _center(kx), fy, config.eps * m)
-    ly = _mm(codes, codes.T)
-    est = config.cka_estimator
-    cka_x = jax.vmap(lambda k: _cka(k, kx, est))(kts)
-    cka_y = jax.vmap(lambda k: _cka(k, ly, est))(kts)
+    m = xs.shape[1]
+    kx = kern(xs)
+    kts = jnp.stack([kern(t) for t in tss], axis=1)
+    gx, gts = _center(kx), _center(kts)
+    fy = codes - jnp.mean(codes, axis=1, keepdims=True)
+    nh_x, nh_y = _nocco_against(gts, gx, fy, config.eps * m)
+    if config.cka_estimator == "biased":
+        # tr(K H L H) = <G_K, G_L>; the (m - 1)^-2 cancels in the ratio, and
+        # G_Y = F F^T (F the centered codes) never needs forming.
+        tt = jnp.sum(gts * gts, axis=(-2, -1))
+        cka_x = _safe_ratio(
+            _einsum("blij,bij->bl", gts, gx),
+            tt,
+            jnp.sum(gx * gx, axis=(-2, -1))[:, None],
+        )
+        yy = jnp.sum(jnp.square(_mm(_swap(fy), fy)), axis=(-2, -1))
+        ty = _einsum("blij,bjc,bic->bl", gts, fy, fy)
+        cka_y = _safe_ratio(ty, tt, yy[:, None])
+    else:
+        per_layer = jax.vmap(
+            jax.vmap(functools.partial(_cka, estimator="unbiased"), (0, None))
+        )
+        cka_x = per_layer(kts, kx)
+        cka_y = per_layer(kts, _mm(codes, _swap(codes)))
     return {"nhsic_x": nh_x, "nhsic_y": nh_y, "cka_x": cka_x, "cka_y": cka_y}
 
 
@@ -893,15 +974,11 @@ def all_layers(
             f"config.chunk_size={m} (or set chunk_size=None)"
         )
     _check_n_for(config.cka_estimator, m)
-    if m == n:
-        return _chunk_stats(x, codes, ts, config)
 
     def split(a: Array) -> Array:
         return a.reshape(n // m, m, a.shape[1])
 
-    stats = jax.vmap(functools.partial(_chunk_stats, config=config))(
-        split(x), split(codes), [split(t) for t in ts]
-    )
+    stats = _all_layers_stats(split(x), split(codes), [split(t) for t in ts], config)
     return {name: jnp.mean(value, axis=0) for name, value in stats.items()}
 
 

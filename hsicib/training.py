@@ -149,6 +149,10 @@ def make_routing(mode: str, num_blocks: int) -> Routing:
     )
 
 
+def _constant_tree(tree: PyTree, value: bool) -> PyTree:
+    return jax.tree.map(lambda _: value, tree)
+
+
 def trainable_mask(
     params: PyTree, mode: str, num_blocks: int, stage: int | None = None
 ) -> PyTree:
@@ -187,10 +191,7 @@ def trainable_mask(
             return routing.local[index]
         raise ValueError(f"unexpected parameter group {name!r}")
 
-    return {
-        name: jax.tree.map(lambda _, keep=top_level(name): keep, sub)
-        for name, sub in params.items()
-    }
+    return {name: _constant_tree(sub, top_level(name)) for name, sub in params.items()}
 
 
 # --------------------------------------------------------------------------- #

@@ -75,3 +75,36 @@ def test_lenet5_e2e_reaches_88_percent_on_real_fashion_mnist(tmp_path):
     c.train.log_every_s = 1e9
     summary = experiment.run(c, tmp_path)["e2e"]
     assert summary["final_test_acc"] >= 0.88, summary
+
+
+def test_readme_quickstart_command_trains_both_modes_and_writes_the_report(tmp_path):
+    """The README's main-job command, as written (workdir moved to tmp)."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- section:quickstart -->")[1].split("<!--")[0]
+    command = next(
+        line for line in re.findall(r"^python -m experiments\.run .*$", section, re.M)
+    )
+    args = [
+        f"--workdir={tmp_path}" if a.startswith("--workdir=") else a
+        for a in shlex.split(command)[1:]
+    ]
+    res = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    for mode in ("e2e", "layerwise"):
+        summary = json.loads((tmp_path / mode / "summary.json").read_text())
+        assert summary["final_test_acc"] > 0.9, summary  # chance: 0.1
+    report = (tmp_path / "report.md").read_text()
+    assert "## Findings" in report
+    for name in ("infoplane", "propagation", "dynamics", "separability"):
+        png, csv = (
+            tmp_path / "figures" / f"{name}.png",
+            tmp_path / "figures" / f"{name}.csv",
+        )
+        assert png.stat().st_size > 1000 and len(csv.read_text().splitlines()) > 1
