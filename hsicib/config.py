@@ -10,21 +10,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from hsicib import training
+from hsicib import data, losses, models, training
 
-DATA_SOURCES = ("tfds", "digits", "idx", "synthetic")
-MODEL_NAMES = (
-    "mlp",
-    "lenet5",
-    "vgg8b",
-    "vgg11b",
-    "vgg11",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-)
-HEADS = ("linear", "mlp")
-LOCAL_LOSSES = ("ce", "sim", "supcon")
+DATA_SOURCES = data.SOURCES
+MODEL_NAMES = models.MODEL_NAMES
+HEADS = models.HEAD_TYPES
+LOCAL_LOSSES = losses.LOCAL_LOSSES
 NHSIC_REFERENCES = ("input", "block_input")
 BANDWIDTHS = ("per_dim", "median", "fixed")
 DISTANCES = ("squared", "euclidean")
