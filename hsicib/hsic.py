@@ -14,9 +14,8 @@ Distances (matmul identity, never an (n, n, d) broadcast)::
 
     D_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j,   clamped at 0, D_ii = 0
 
-with the inner products x_i . x_j of the mean-centered features, H X X^T H
-(distances do not change, float32 cancellation does). Matmuls run with
-``Precision.HIGHEST``.
+on mean-centered features (distances do not change, float32 cancellation
+does). Matmuls run with ``Precision.HIGHEST``.
 
 Gaussian Gram, K_ij = exp(-D_ij / s) with D the squared distance
 (``distance="squared"``) or the Euclidean distance sqrt(D) (``"euclidean"``,
@@ -81,12 +80,13 @@ Numerics. Internally the Gaussian Gram is kept as K - 1 = expm1(-D / s):
 centering, HSIC and NOCCO ignore the shift, and the paper's wide kernels
 (sigma = 5 per dimension puts most entries within 1e-2 of 1) keep their full
 float32 precision; with it, float32 nHSIC agrees with a float64 evaluation to
-about 1e-5 relative, where the authors' float32 explicit inverse is off by up
-to 1e-2. ``nhsic``, ``nhsic_labels``, ``all_layers`` and ``StreamingCKA`` use
-this path; ``nocco(gaussian_gram(x), ...)`` starts from K itself and is good
-to about 1e-3 in float32 (use x64 if that matters). On CPU the
-eigendecompositions of a stack run one at a time (``_eigh_many``): jaxlib
-0.10's batched LAPACK eigh can deadlock when two batches run concurrently.
+1e-4 relative or better (1e-6 to 1e-5 typical), where the authors' float32
+explicit inverse is off by up to 1e-2. ``nhsic``, ``nhsic_labels``,
+``all_layers`` and ``StreamingCKA`` use this path; ``nocco(gaussian_gram(x),
+...)`` starts from K itself and is good to about 1e-3 in float32 (use x64 if
+that matters). On CPU the eigendecompositions of a stack run one at a time
+(``_eigh_many``): jaxlib 0.10's batched LAPACK eigh can deadlock when two
+batches run concurrently.
 
 References:
   Gretton, Bousquet, Smola, Schoelkopf. Measuring statistical dependence with
@@ -289,25 +289,31 @@ def _center(k: Array) -> Array:
 def _sq_distances(x: Array) -> Array:
     """(n, d) float -> (n, n) squared Euclidean distances.
 
-    The inner products of the mean-centered features come from H (X X^T) H,
-    which is exact algebra and costs O(n^2) instead of a pass over (n, d)
-    (on XLA:CPU a column mean of a wide (n, d) array alone can cost several
-    times the matmul).
+    The features are mean-centered first, so float32 rounding is relative to
+    their spread, not to their offset (layers at initialization can have an
+    offset thousands of times their spread). The mean is a matrix-vector
+    product: on XLA:CPU a column mean of a wide (n, d) array can cost more
+    than the Gram matmul itself.
     """
+    n = x.shape[0]
+    mean = jnp.dot(jnp.full((n,), 1.0 / n, x.dtype), x, precision=_HIGHEST)
+    x = x - mean
     g = jax.lax.dot_general(x, x, (((1,), (1,)), ((), ())), precision=_HIGHEST)
-    g = _center(0.5 * (g + g.T))
+    g = 0.5 * (g + g.T)
     sq = jnp.diagonal(g)
     dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)
-    return jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, dist)
+    return jnp.where(jnp.eye(n, dtype=bool), 0.0, dist)
 
 
 def sq_distances(x) -> Array:
     """Pairwise squared Euclidean distances by the matmul identity.
 
-    D_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j with the inner products of the
-    mean-centered features (H X X^T H), ``Precision.HIGHEST``, symmetrized,
-    clamped at 0, and an exactly zero diagonal. Never forms an (n, n, d)
-    array.
+    D_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j on mean-centered features (the
+    distances do not change; float32 cancellation does), ``Precision.HIGHEST``,
+    symmetrized, clamped at 0, and an exactly zero diagonal. Never forms an
+    (n, n, d) array. The precision limit is then the input's own: float32
+    features whose spread is below ~1e-6 of a common offset have no
+    differences left to measure.
 
     Args:
       x: features, shape (n, ...) (flattened to (n, d)); any real dtype, bf16
@@ -398,7 +404,10 @@ def gaussian_gram(
       distance: ``"squared"`` or ``"euclidean"``.
 
     Returns:
-      Gram matrix, shape (n, n), float32, ones on the diagonal.
+      Gram matrix, shape (n, n), float32, ones on the diagonal. Entries within
+      float32 rounding of 1 (very wide kernels, nearly constant features) lose
+      their differences here; ``nhsic`` and ``all_layers`` keep K - 1 inside
+      and do not.
 
     Raises:
       ValueError: on an unknown option, sigma <= 0 or a bad shape.
@@ -934,14 +943,15 @@ def all_layers(
 ) -> dict[str, Array]:
     """nHSIC and CKA between every layer and the input and the label.
 
-    The Gaussian Grams (``config`` kernel) of the L layers stack to
-    (L, m, m); the X Gram and the label factor are computed once per chunk;
-    the NOCCO and CKA statistics are vmapped over layers, and over the n / m
-    chunks when ``config.chunk_size = m`` (each chunk's estimate uses eps * m;
-    the chunk estimates are averaged; chunk j holds examples j m .. (j+1) m -
-    1). Memory is O(L n m) instead of O(L n^2). Labels use the linear kernel
-    on one-hot codes (the Y side of NOCCO goes through the (m, C) centered
-    codes, no (m, m) eigendecomposition).
+    The Gaussian Grams (``config`` kernel) of the L layers, vmapped over the
+    n / m chunks when ``config.chunk_size = m``, stack to (n / m, L, m, m); the
+    X Gram and the label factor are computed once per chunk; every statistic
+    is computed for all chunks and layers at once (batched eigh and matmuls,
+    no Python loop over chunks), per chunk with the ridge eps * m, and the
+    chunk estimates are averaged (chunk j holds examples j m .. (j+1) m - 1).
+    Memory is O(L n m) instead of O(L n^2). Labels use the linear kernel on
+    one-hot codes (the Y side of NOCCO goes through the (m, C) centered
+    codes, no (m, m) eigendecomposition). CKA uses the same Grams as nHSIC.
 
     Jit it with ``num_classes`` and ``config`` static: ``all_layers_jit`` does
     exactly that; it compiles once per set of shapes.

@@ -273,32 +273,33 @@ def test_gradients_match_finite_differences_and_inverse_formula(data):
             jnp.asarray(z[:16], jnp.float64),
             y[:16],
         )
-        f = jax.jit(hsic.nhsic)
-        check_grads(f, (x, z), order=1, modes=("fwd", "rev"), eps=1e-6)
-        f = jax.jit(functools.partial(hsic.nhsic, distance="euclidean"))
-        check_grads(f, (x, z), order=1, modes=("rev",), eps=1e-6)
+
         # Autodiff through the explicit-inverse formula: the same derivative.
-        grams = functools.partial(hsic.gaussian_gram, distance="euclidean")
-        ours = jax.jit(jax.grad(f, (0, 1)))(x, z)
-        ref = jax.jit(jax.grad(lambda a, b: _inv_nocco(grams(a), grams(b)), (0, 1)))(
-            x, z
-        )
+        def both(a, b):
+            ref = _inv_nocco(hsic.gaussian_gram(a), hsic.gaussian_gram(b))
+            return hsic.nhsic(a, b), ref
+
+        ours, ref = jax.jit(jax.jacrev(both, (0, 1)))(x, z)
         for a, b in zip(ours, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
         soft = jax.nn.one_hot(y, 4, dtype=jnp.float64) * 0.9 + 0.025
-        f = jax.jit(hsic.nhsic_labels)
-        check_grads(f, (soft, z), order=1, modes=("rev",), eps=1e-6)
 
+        # Against finite differences: every differentiable entry point at once
+        # (the Euclidean variant, labels, CKA, all layers in chunks).
         @jax.jit
-        def cka_and_chunked(t, a):
+        def everything(t, a, codes):
             cfg = hsic.HSICConfig(chunk_size=8)
             out = hsic.all_layers(a, y, [t, t[:, :2] ** 2], num_classes=4, config=cfg)
-            cka = hsic.cka(hsic.gaussian_gram(a), hsic.gaussian_gram(t))
             return (
-                out["nhsic_x"].sum() + out["nhsic_y"].sum() + out["cka_y"].sum() + cka
+                hsic.nhsic(a, t, distance="euclidean")
+                + hsic.nhsic_labels(codes, t)
+                + hsic.cka(hsic.gaussian_gram(a), hsic.gaussian_gram(t))
+                + out["nhsic_x"].sum()
+                + out["nhsic_y"].sum()
+                + out["cka_y"].sum()
             )
 
-        check_grads(cka_and_chunked, (z, x), order=1, modes=("rev",), eps=1e-6)
+        check_grads(everything, (z, x, soft), order=1, modes=("rev",), eps=1e-6)
 
 
 def test_gradients_finite_for_constant_and_duplicated_inputs(data):
@@ -353,8 +354,13 @@ def _per_layer(x, y, layers, config, num_classes=4):
 
 CONFIGS = [
     hsic.HSICConfig(chunk_size=None),
-    hsic.HSICConfig(chunk_size=None, distance="euclidean", cka_estimator="unbiased"),
-    hsic.HSICConfig(chunk_size=None, bandwidth="median", eps=1e-3),
+    hsic.HSICConfig(
+        chunk_size=None,
+        bandwidth="median",
+        distance="euclidean",
+        cka_estimator="unbiased",
+        eps=1e-3,
+    ),
 ]
 
 
@@ -473,6 +479,27 @@ def test_duplicated_rows_are_fine(data):
     close(got["cka_unbiased_self"], 1.0, rtol=1e-5)
 
 
+def test_offset_features_keep_their_precision(data):
+    """Layers at initialization: an offset thousands of times the spread."""
+    x, z, _ = data
+    t = (0.04 + 7e-6 * z).astype(np.float32)
+    kx, kt = np_gaussian(x), np_gaussian(t)
+    # all_layers and nhsic keep K - 1 (here ~1e-12, below float32's rounding
+    # of K itself, so the public gaussian_gram(t) is all ones).
+    got = hsic.all_layers_jit(
+        x,
+        np.zeros(24, np.int32),
+        [t],
+        num_classes=4,
+        config=hsic.HSICConfig(chunk_size=None),
+    )
+    close(got["cka_x"], np_cka(kx, kt), rtol=1e-4)
+    close(got["nhsic_x"], np_nocco_authors(kx, kt), rtol=1e-3, atol=1e-6)
+    close(hsic.nhsic(x, t), np_nocco_authors(kx, kt), rtol=1e-3, atol=1e-6)
+    d = hsic.sq_distances(t)
+    close(d, np_sq_distances(t), rtol=1e-3, atol=1e-14)
+
+
 def test_mismatched_n_and_bad_shapes_raise(data):
     x, z, y = data
     k = hsic.gaussian_gram(x)
@@ -526,13 +553,10 @@ def test_bf16_inputs_are_upcast(data):
     xb, zb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(z, jnp.bfloat16)
     x32, z32 = xb.astype(jnp.float32), zb.astype(jnp.float32)
     assert hsic.sq_distances(xb).dtype == jnp.float32
-    close(hsic.nhsic(xb, zb), hsic.nhsic(x32, z32), rtol=1e-6)
-    cfg = hsic.HSICConfig(chunk_size=12)
-    got = hsic.all_layers_jit(xb, y, [zb, xb], num_classes=4, config=cfg)
-    want = hsic.all_layers_jit(x32, y, [z32, x32], num_classes=4, config=cfg)
-    for name in hsic.STATISTICS:
-        assert got[name].dtype == jnp.float32
-        close(got[name], want[name], rtol=1e-6)
+    got, want = _everything(xb, zb, y), _everything(x32, z32, y)
+    for name, value in got.items():
+        assert value.dtype == jnp.float32
+        close(value, want[name], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------

@@ -237,7 +237,10 @@ def test_tracker_batched_forward_is_the_same(setup, expected):
     )(variables[0])
     stats, probe, test = expected[0]
     for name in infoplane.STATISTICS:
-        np.testing.assert_allclose(batched[name], stats[name], rtol=1e-4, atol=1e-5)
+        # Convolutions in batches of 64 round differently from one batch of
+        # 200 (~1e-7 relative); the last block's features at initialization
+        # spread over ~1e-3 of their offset, which amplifies that about 100x.
+        np.testing.assert_allclose(batched[name], stats[name], rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(batched["probe_acc"], probe, atol=1e-6)
     np.testing.assert_allclose(batched["test_acc_subset"], test, atol=1e-6)
 
