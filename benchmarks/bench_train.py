@@ -13,8 +13,10 @@ weights (the Flax initialization copied into PyTorch) and, after a warm-up,
 times them interleaved, repeat after repeat, so that load from other processes
 hits both alike:
 
-* JAX scan: ``make_train_chunk`` (a jitted ``lax.scan`` over S batches, the
-  way hsicib trains), wall time / S;
+* JAX runner: ``make_train_chunk`` (one jitted call per step, gather and
+  augmentation included, the way hsicib trains), wall time of S steps / S;
+* JAX scan: ``make_train_chunk(loop="scan")`` (one jitted ``lax.scan`` over
+  S batches, ``train.loop="scan"``), wall time / S;
 * JAX jit: one jitted step (state donated), wall time of one call;
 * torch: one call of :class:`benchmarks.torch_ref.TorchTrainStep`.
 
@@ -65,7 +67,6 @@ except ImportError:  # pragma: no cover - exercised where torch is absent
     torch_ref = None
 
 MODES = ("e2e", "layerwise", "sequential")
-VARIANTS = ("default", "stop_frozen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,7 @@ class Row:
     model: str
     mode: str
     jax_scan_ms: float | None
+    jax_loop_ms: float | None
     jax_jit_ms: float
     torch_ms: float | None
     jax_mem: int
@@ -142,7 +144,7 @@ def count_convs(hlo_text: str) -> tuple[int, int]:
 class _JaxCase:
     """hsicib's compiled step (and chunk runner) for one model and mode."""
 
-    def __init__(self, model, mode, image_shape, batch_size, chunk, seed, variant):
+    def __init__(self, model, mode, image_shape, batch_size, chunk, seed):
         num_blocks = model.num_blocks
         self.mean = (0.5,) * image_shape[-1]
         self.std = (0.25,) * image_shape[-1]
@@ -158,9 +160,8 @@ class _JaxCase:
         self.init_params = jax.tree.map(np.array, state.params)
         self.init_stats = jax.tree.map(np.array, state.batch_stats)
         cfg = training.StepConfig(num_classes=10, mean=self.mean, std=self.std)
-        routed = _StopFrozen(model, mask) if variant == "stop_frozen" else model
         self.step_fn = training.make_train_step(
-            routed, training.make_routing(mode, num_blocks), tx, cfg, mask=mask
+            model, training.make_routing(mode, num_blocks), tx, cfg, mask=mask
         )
         rng = np.random.default_rng(seed)
         n = batch_size * chunk
@@ -191,8 +192,9 @@ class _JaxCase:
 
     def compile_chunk(self) -> None:
         """Compiles ``hsicib.training.make_train_chunk`` of the same step."""
+        self.run_loop = training.make_train_chunk(self.step_fn)
         self.run_chunk = (
-            training.make_train_chunk(self.step_fn)
+            training.make_train_chunk(self.step_fn, loop="scan")
             .lower(self.state, self.images, self.labels, self.batch_idx)
             .compile()
         )
@@ -205,6 +207,15 @@ class _JaxCase:
         jax.block_until_ready((self.state, metrics))
         return time.perf_counter() - start, metrics
 
+    def time_loop(self) -> float:
+        time.sleep(PAUSE_S)
+        start = time.perf_counter()
+        self.state, metrics = self.run_loop(
+            self.state, self.images, self.labels, self.batch_idx
+        )
+        jax.block_until_ready((self.state, metrics))
+        return (time.perf_counter() - start) / self.chunk
+
     def time_chunk(self) -> float:
         time.sleep(PAUSE_S)
         start = time.perf_counter()
@@ -213,26 +224,6 @@ class _JaxCase:
         )
         jax.block_until_ready((self.state, metrics))
         return (time.perf_counter() - start) / self.chunk
-
-
-class _StopFrozen:
-    """A model wrapper that hides frozen parameters behind ``stop_gradient``.
-
-    A prototype of a change to ``hsicib.training`` (not used by default): with
-    it the backward pass of frozen blocks is dead code that XLA removes.
-    """
-
-    def __init__(self, model, mask):
-        self.model, self.mask = model, mask
-        self.num_blocks = model.num_blocks
-
-    def apply(self, variables, *args, **kwargs):
-        params = jax.tree.map(
-            lambda keep, p: p if keep else jax.lax.stop_gradient(p),
-            self.mask,
-            variables["params"],
-        )
-        return self.model.apply({**variables, "params": params}, *args, **kwargs)
 
 
 # --------------------------------------------------------------------------- #
@@ -290,23 +281,20 @@ def _median_ms(values: Sequence[float]) -> float:
 
 @dataclasses.dataclass
 class _Case:
-    """One mode (or prototype variant) of one model, both frameworks."""
+    """One mode of one model, both frameworks."""
 
     mode: str
-    variant: str
     jax: _JaxCase
     torch: _TorchCase | None
     scan: bool
     loss_gap: float | None = None
     times: dict[str, list[float]] = dataclasses.field(
-        default_factory=lambda: {"scan": [], "jit": [], "torch": []}
+        default_factory=lambda: {"loop": [], "scan": [], "jit": [], "torch": []}
     )
 
     @property
     def label(self) -> str:
-        return (
-            self.mode if self.variant == "default" else f"{self.mode} ({self.variant})"
-        )
+        return self.mode
 
 
 def bench_model(
@@ -318,7 +306,6 @@ def bench_model(
     setup: ModelSetup | None = None,
     use_torch: bool = True,
     seed: int = 0,
-    variants: Sequence[str] = (),
 ) -> list[Row]:
     """Times every mode of one model in JAX (scan and jit) and in PyTorch.
 
@@ -337,8 +324,6 @@ def bench_model(
       setup: repeats and chunk length (default: ``SETUPS[name]``).
       use_torch: also run the PyTorch twin (needs torch).
       seed: seed of the initialization and the synthetic data.
-      variants: prototype steps (``VARIANTS``) added after the ``sequential``
-        case, timed with the jitted step only.
 
     Returns:
       One :class:`Row` per case.
@@ -348,34 +333,22 @@ def bench_model(
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not benchmarked; allowed: {MODES}")
-    for variant in variants:
-        if variant not in VARIANTS[1:]:
-            raise ValueError(
-                f"variant={variant!r} is not known; allowed: {VARIANTS[1:]}"
-            )
     if use_torch and torch is None:
         raise ValueError("use_torch=True needs PyTorch: pip install torch (CPU build)")
     setup = setup or SETUPS[name]
     model = models.build_model(name, num_classes=10, width_mult=width_mult)
     specs = models.block_specs(name, width_mult=width_mult)
-    plan = []
-    for mode in modes:
-        plan.append((mode, "default"))
-        plan += [(mode, v) for v in variants if mode == "sequential"]
     cases = []
-    for mode, variant in plan:
-        logging.info("compiling %s/%s (%s)", name, mode, variant)
-        jc = _JaxCase(
-            model, mode, setup.image_shape, batch_size, setup.chunk, seed, variant
-        )
-        default = variant == "default"
-        scan = default and setup.scan_repeats > 0
+    for mode in modes:
+        logging.info("compiling %s/%s", name, mode)
+        jc = _JaxCase(model, mode, setup.image_shape, batch_size, setup.chunk, seed)
+        scan = setup.scan_repeats > 0
         if scan:
             jc.compile_chunk()
         tc = None
-        if use_torch and default:
+        if use_torch:
             tc = _TorchCase(specs, mode, jc, setup.image_shape)
-        cases.append(_Case(mode, variant, jc, tc, scan))
+        cases.append(_Case(mode, jc, tc, scan))
     for case in cases:
         _, jax_metrics = case.jax.time_step()
         if case.torch is not None:
@@ -386,11 +359,14 @@ def bench_model(
             case.jax.time_step()
             if case.torch is not None:
                 case.torch.time_step()
+        if case.scan:  # The runner's first call compiles its step.
+            case.jax.time_loop()
         for _ in range(setup.scan_warmup if case.scan else 0):
             case.jax.time_chunk()
     for r in range(max(setup.repeats, setup.scan_repeats)):
         for case in cases:
             if case.scan and r < setup.scan_repeats:
+                case.times["loop"].append(case.jax.time_loop())
                 case.times["scan"].append(case.jax.time_chunk())
             if r < setup.repeats:
                 case.times["jit"].append(case.jax.time_step()[0])
@@ -413,6 +389,7 @@ def _row(name: str, case: _Case) -> Row:
         model=name,
         mode=case.label,
         jax_scan_ms=_median_ms(times["scan"]) if times["scan"] else None,
+        jax_loop_ms=_median_ms(times["loop"]) if times["loop"] else None,
         jax_jit_ms=_median_ms(times["jit"]),
         torch_ms=_median_ms(times["torch"]) if times["torch"] else None,
         jax_mem=jc.peak_bytes,
@@ -423,9 +400,10 @@ def _row(name: str, case: _Case) -> Row:
         best_ms={k: 1e3 * min(v) if v else None for k, v in times.items()},
     )
     logging.info(
-        "%s/%s: scan %s ms, jit %.1f ms, torch %s ms",
+        "%s/%s: runner %s ms, scan %s ms, jit %.1f ms, torch %s ms",
         row.model,
         row.mode,
+        _num(row.jax_loop_ms, "%.1f"),
         _num(row.jax_scan_ms, "%.1f"),
         row.jax_jit_ms,
         _num(row.torch_ms, "%.1f"),
@@ -448,15 +426,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def format_table(rows: Sequence[Row]) -> str:
     """The markdown result table, then the layerwise / e2e time ratios."""
     lines = [
-        "| model | mode | JAX scan step ms | JAX jit step ms | torch step ms | "
-        "JAX/torch (scan) | JAX/torch (jit) | peak mem JAX | peak mem torch | "
+        "| model | mode | JAX runner step ms | JAX scan step ms | JAX jit step ms "
+        "| torch step ms | JAX/torch (runner) | JAX/torch (scan) | JAX/torch (jit) "
+        "| peak mem JAX | peak mem torch | "
         "XLA GFLOP/step | non-canonical convs jit/scan/all | loss gap |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.mode} | {_num(r.jax_scan_ms, '%.1f')} | "
+            f"| {r.model} | {r.mode} | {_num(r.jax_loop_ms, '%.1f')} | "
+            f"{_num(r.jax_scan_ms, '%.1f')} | "
             f"{r.jax_jit_ms:.1f} | {_num(r.torch_ms, '%.1f')} | "
+            f"{_num(_ratio(r.jax_loop_ms, r.torch_ms), '%.2f')} | "
             f"{_num(_ratio(r.jax_scan_ms, r.torch_ms), '%.2f')} | "
             f"{_num(_ratio(r.jax_jit_ms, r.torch_ms), '%.2f')} | "
             f"{_mib(r.jax_mem)} | {_mib(r.torch_mem)} | {r.jax_gflop:.1f} | "
@@ -466,13 +447,14 @@ def format_table(rows: Sequence[Row]) -> str:
         "",
         "Fastest repeat (ms), less sensitive to load from other processes:",
         "",
-        "| model | mode | JAX scan | JAX jit | torch | JAX jit/torch |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | mode | JAX runner | JAX scan | JAX jit | torch | JAX jit/torch |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         b = r.best_ms
         lines.append(
-            f"| {r.model} | {r.mode} | {_num(b.get('scan'), '%.1f')} | "
+            f"| {r.model} | {r.mode} | {_num(b.get('loop'), '%.1f')} | "
+            f"{_num(b.get('scan'), '%.1f')} | "
             f"{_num(b.get('jit'), '%.1f')} | {_num(b.get('torch'), '%.1f')} | "
             f"{_num(_ratio(b.get('jit'), b.get('torch')), '%.2f')} |"
         )
@@ -483,7 +465,8 @@ def format_table(rows: Sequence[Row]) -> str:
         if e2e is None or lw is None:
             continue
         ratio_lines.append(
-            f"| {name} | {_num(_ratio(lw.jax_scan_ms, e2e.jax_scan_ms), '%.2f')} | "
+            f"| {name} | {_num(_ratio(lw.jax_loop_ms, e2e.jax_loop_ms), '%.2f')} | "
+            f"{_num(_ratio(lw.jax_scan_ms, e2e.jax_scan_ms), '%.2f')} | "
             f"{lw.jax_jit_ms / e2e.jax_jit_ms:.2f} | "
             f"{_num(_ratio(lw.torch_ms, e2e.torch_ms), '%.2f')} |"
         )
@@ -492,9 +475,9 @@ def format_table(rows: Sequence[Row]) -> str:
             "",
             "Step time of layerwise over e2e (medians):",
             "",
-            "| model | layerwise/e2e JAX scan | layerwise/e2e JAX jit | "
-            "layerwise/e2e torch |",
-            "|---|---:|---:|---:|",
+            "| model | layerwise/e2e JAX runner | layerwise/e2e JAX scan | "
+            "layerwise/e2e JAX jit | layerwise/e2e torch |",
+            "|---|---:|---:|---:|---:|",
             *ratio_lines,
         ]
     return "\n".join(lines)
@@ -531,7 +514,6 @@ def run(
     scan_repeats: int | None = None,
     use_torch: bool = True,
     threads: int = 2,
-    variants: Sequence[str] = (),
 ) -> list[Row]:
     """Benchmarks every model x mode.
 
@@ -544,8 +526,6 @@ def run(
       scan_repeats: overrides the setups' number of timed chunks.
       use_torch: also time the PyTorch twin when torch is installed.
       threads: PyTorch intra-op threads (XLA:CPU uses every core).
-      variants: prototype steps to add as rows after each ``sequential`` row
-        (``"stop_frozen"``); they run the jitted step only.
 
     Returns:
       The rows, in order.
@@ -582,7 +562,6 @@ def run(
             width_mult=width_mult,
             setup=setup,
             use_torch=use_torch,
-            variants=variants,
         )
     return rows
 
@@ -702,9 +681,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument(
-        "--variants", default="", help="comma-separated prototype steps: stop_frozen"
-    )
-    parser.add_argument(
         "--convs",
         action="store_true",
         help="time ResNet-18's 3x3 convolutions (forward, dx, dw) instead",
@@ -727,7 +703,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         scan_repeats=args.scan_repeats,
         use_torch=not args.no_torch,
         threads=args.threads,
-        variants=[v for v in args.variants.split(",") if v],
     )
     print(format_table(rows))
     print()

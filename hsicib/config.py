@@ -20,6 +20,7 @@ NHSIC_REFERENCES = ("input", "block_input")
 BANDWIDTHS = ("per_dim", "median", "fixed")
 DISTANCES = ("squared", "euclidean")
 PRECISIONS = ("float32", "bfloat16")
+DATA_LAYOUTS = ("replicated", "sharded")
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_shape = (8, 8, 1)
     c.data.synthetic_size = (512, 256)
     c.data.num_classes = 0  # 0: from the data set.
+    # "replicated": every device holds the whole training set (small data sets,
+    # one host). "sharded": each device holds 1/D of it and each process loads
+    # only its own rows (multi-host pods, data sets larger than one device).
+    c.data.layout = "replicated"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
@@ -88,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.precision = "float32"
     c.train.eval_batch_size = 512
     c.train.num_devices = 0  # 0: every local device (data parallel).
+    # "python": one jitted call per step (fastest on CPU); "scan": one lax.scan
+    # per train.steps_per_call steps (fewer dispatches, for tiny steps).
+    c.train.loop = "python"
 
     c.hsic = ml_collections.ConfigDict()
     c.hsic.enabled = True
@@ -173,6 +181,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             "data.data_dir='' must name a folder of IDX files for data.source='idx'"
         )
     _positive("data.crop_padding", c.data.crop_padding, strict=False)
+    _allowed("data.layout", c.data.layout, DATA_LAYOUTS)
     _allowed("model.name", c.model.name, MODEL_NAMES)
     _allowed("model.head", c.model.head, HEADS)
     _positive("model.width_mult", c.model.width_mult)
@@ -201,6 +210,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive("train.eval_batch_size", c.train.eval_batch_size)
     _positive("train.num_devices", c.train.num_devices, strict=False)
     _allowed("train.precision", c.train.precision, PRECISIONS)
+    _allowed("train.loop", c.train.loop, training.LOOPS)
     _positive("hsic.eval_size", c.hsic.eval_size)
     _positive("hsic.chunk_size", c.hsic.chunk_size, strict=False)
     _positive("hsic.sigma", c.hsic.sigma)

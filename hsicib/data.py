@@ -165,6 +165,7 @@ def load_dataset(
     num_classes: int | None = None,
     seed: int = 0,
     download: bool = False,
+    train_shard: tuple[int, int] | None = None,
 ) -> Dataset:
     """Loads a whole image-classification dataset into NumPy arrays.
 
@@ -203,6 +204,13 @@ def load_dataset(
         is missing (needs internet, and TensorFlow for most builders). Off by
         default so that a missing dataset fails at once instead of waiting on
         the network.
+      train_shard: ``(index, count)``: keep only training rows
+        index s .. (index + 1) s - 1 with s = N // count (the last N mod count
+        rows belong to no shard); a multi-host run gives each process its own
+        shard. ``"tfds"`` reads only those rows; the other sources are small
+        files and are sliced after reading. The test split stays whole. The
+        normalization statistics are those of the rows loaded (the runner
+        combines every process's pixel histogram, :func:`pixel_histogram`).
 
     Returns:
       A :class:`Dataset`. ``mean``/``std`` are the constants of
@@ -217,18 +225,32 @@ def load_dataset(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if train_shard is not None:
+        index, count = train_shard
+        if not (
+            int(count) == count >= 1 and int(index) == index and 0 <= index < count
+        ):
+            raise ValueError(
+                f"train_shard must be (index, count) with 0 <= index < count, got "
+                f"{train_shard!r}"
+            )
     if source == "digits":
         ds_name, arrays, classes = _load_digits(name or "digits", num_classes)
     elif source == "idx":
         ds_name, arrays, classes = _load_idx(name or "idx", data_dir, num_classes)
     elif source == "tfds":
-        ds_name, arrays, classes = _load_tfds(name, data_dir, num_classes, download)
+        ds_name, arrays, classes = _load_tfds(
+            name, data_dir, num_classes, download, train_shard
+        )
     else:
         ds_name = name or "synthetic"
         arrays, classes = _make_synthetic(
             synthetic_shape, synthetic_size, num_classes, seed
         )
     train_images, train_labels, test_images, test_labels = arrays
+    if train_shard is not None and source != "tfds":
+        rows = shard_rows(len(train_labels), *train_shard)
+        train_images, train_labels = train_images[rows], train_labels[rows]
     for field, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
         _check_labels(labels, classes, field)
     mean, std = _normalization_stats(ds_name, train_images)
@@ -389,6 +411,49 @@ def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int) -> jax.Arr
     return _permuted_batches(rng, int(num_examples), int(batch_size))
 
 
+def sharded_epoch_batches(
+    rng: jax.Array, shard_size: int, num_shards: int, batch_size: int
+) -> np.ndarray:
+    """One epoch's batches when the training set is split over devices.
+
+    Device d holds ``shard_size`` rows; it shuffles them with its own key
+    ``fold_in(rng, d)`` and cuts them into batches of B / D (D = num_shards).
+    Column block d of the result (columns d B/D .. (d+1) B/D - 1) holds device
+    d's local row indices, so a global batch takes B/D examples from every
+    device (see ``make_train_chunk(sharded_data=True)``). Every process
+    computes the same array.
+
+    Args:
+      rng: a PRNG key; the same key gives the same order.
+      shard_size: rows per device, >= B / D.
+      num_shards: D, the number of devices along the data axis.
+      batch_size: B, the global batch size, a multiple of D.
+
+    Returns:
+      int32 NumPy array of shape (S, B), S = shard_size // (B / D).
+    """
+    if int(num_shards) != num_shards or num_shards < 1:
+        raise ValueError(f"num_shards must be a positive integer, got {num_shards}")
+    if int(batch_size) != batch_size or batch_size < 1 or batch_size % num_shards:
+        raise ValueError(
+            f"batch_size must be a positive multiple of the number of devices "
+            f"({num_shards}) when the data is sharded, got {batch_size!r}"
+        )
+    per_shard = batch_size // num_shards
+    if int(shard_size) != shard_size or shard_size < per_shard:
+        raise ValueError(
+            f"shard_size must be an integer >= batch_size / devices = {per_shard}, "
+            f"got {shard_size!r}"
+        )
+    cols = [
+        np.asarray(
+            _permuted_batches(jax.random.fold_in(rng, d), int(shard_size), per_shard)
+        )
+        for d in range(num_shards)
+    ]
+    return np.concatenate(cols, axis=1)
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _permuted_batches(rng: jax.Array, num_examples: int, batch_size: int):
     """One compiled program per (num_examples, batch_size)."""
@@ -473,29 +538,61 @@ def _check_labels(labels: np.ndarray, num_classes: int, field: str) -> None:
         )
 
 
+def shard_rows(num_examples: int, index: int, count: int) -> slice:
+    """Rows of shard ``index`` of ``count`` equal contiguous shards of N rows."""
+    size = num_examples // count
+    if size < 1:
+        raise ValueError(
+            f"train_shard count={count} exceeds the {num_examples} training examples"
+        )
+    return slice(index * size, (index + 1) * size)
+
+
+def pixel_histogram(images: np.ndarray) -> np.ndarray:
+    """(channels, 256) int64 counts of each uint8 pixel value per channel."""
+    return np.stack(
+        [
+            np.bincount(images[..., c].ravel(), minlength=256)
+            for c in range(images.shape[-1])
+        ]
+    ).astype(np.int64)
+
+
+def stats_from_histogram(
+    counts: np.ndarray,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std in [0, 1] units from (channels, 256) counts.
+
+    A channel with zero spread gets std 1.
+    """
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for row in np.asarray(counts):
+        p = row / row.sum()
+        mean = float(p @ levels)
+        std = float(np.sqrt(max(p @ (levels - mean) ** 2, 0.0)))
+        means.append(mean)
+        stds.append(std if std > 0 else 1.0)
+    return tuple(means), tuple(stds)
+
+
+def has_known_stats(name: str, channels: int) -> bool:
+    """Whether ``name`` uses fixed constants of :data:`KNOWN_STATS`."""
+    base = name.split(":")[0].split("/")[0]
+    return base in KNOWN_STATS and len(KNOWN_STATS[base][0]) == channels
+
+
 def _normalization_stats(
     name: str, train_images: np.ndarray
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Known constants for ``name``, else the exact training-pixel statistics.
 
     The computed statistics come from a 256-bin histogram per channel, so they
-    are exact and need no float copy of the images. A channel with zero spread
-    gets std 1.
+    are exact and need no float copy of the images.
     """
-    base = name.split(":")[0].split("/")[0]
-    channels = train_images.shape[-1]
-    if base in KNOWN_STATS and len(KNOWN_STATS[base][0]) == channels:
-        return KNOWN_STATS[base]
-    levels = np.arange(256, dtype=np.float64) / 255.0
-    means, stds = [], []
-    for c in range(channels):
-        counts = np.bincount(train_images[..., c].ravel(), minlength=256)
-        p = counts / counts.sum()
-        mean = float(p @ levels)
-        std = float(np.sqrt(max(p @ (levels - mean) ** 2, 0.0)))
-        means.append(mean)
-        stds.append(std if std > 0 else 1.0)
-    return tuple(means), tuple(stds)
+    if has_known_stats(name, train_images.shape[-1]):
+        return KNOWN_STATS[name.split(":")[0].split("/")[0]]
+    return stats_from_histogram(pixel_histogram(train_images))
 
 
 def _resolve_num_classes(found: int, num_classes: int | None, name: str) -> int:
@@ -601,6 +698,7 @@ def _load_tfds(
     data_dir: str | os.PathLike | None,
     num_classes: int | None,
     download: bool,
+    train_shard: tuple[int, int] | None = None,
 ):
     if not name:
         raise ValueError(
@@ -649,21 +747,24 @@ def _load_tfds(
     classes = _resolve_num_classes(int(found), num_classes, name)
     arrays = []
     for split, source in (("train", train_source), ("test", test_source)):
+        rows = range(len(source))
+        if split == "train" and train_shard is not None:
+            rows = rows[shard_rows(len(source), *train_shard)]
         images, labels = _read_tfds_source(
-            source, image_key, label_key, f"{name}:{split}"
+            source, image_key, label_key, f"{name}:{split}", rows
         )
         arrays += [images, labels]
     return name, tuple(arrays), classes
 
 
 def _read_tfds_source(
-    source: Any, image_key: str, label_key: str, what: str
+    source: Any, image_key: str, label_key: str, what: str, rows: range
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads every example of a TFDS data source into (images, labels)."""
+    """Reads the examples ``rows`` of a TFDS data source into (images, labels)."""
     images, labels = [], []
     # One example at a time: about as fast as batched reads (image decoding
     # dominates, ~0.3 ms per 28x28 image), and it also works on mocked sources.
-    for index in range(len(source)):
+    for index in rows:
         example = source[index]
         images.append(np.asarray(example[image_key]))
         labels.append(int(example[label_key]))

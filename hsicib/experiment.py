@@ -210,7 +210,20 @@ def build_model(c: ml_collections.ConfigDict, num_classes: int):
 
 
 def load_data(c: ml_collections.ConfigDict) -> data_lib.Dataset:
-    """Loads the config's data set and checks it against the config."""
+    """Loads the config's data set and checks it against the config.
+
+    With ``data.layout="sharded"`` on several processes, each process loads
+    only its contiguous share of the training rows (``train_shard``), and
+    normalization statistics that are not fixed constants are computed from
+    the pixel histograms of all processes together, so every process
+    normalizes alike.
+    """
+    procs = jax.process_count()
+    shard = (
+        (jax.process_index(), procs)
+        if c.data.layout == "sharded" and procs > 1
+        else None
+    )
     ds = data_lib.load_dataset(
         c.data.source,
         c.data.name,
@@ -220,8 +233,17 @@ def load_data(c: ml_collections.ConfigDict) -> data_lib.Dataset:
         num_classes=c.data.num_classes or None,
         seed=c.seed,
         download=c.data.download,
+        train_shard=shard,
     )
-    n = ds.train_images.shape[0]
+    if shard is not None and not data_lib.has_known_stats(ds.name, ds.image_shape[-1]):
+        from jax.experimental import multihost_utils
+
+        counts = multihost_utils.process_allgather(
+            data_lib.pixel_histogram(ds.train_images)
+        )
+        mean, std = data_lib.stats_from_histogram(np.asarray(counts).sum(axis=0))
+        ds = dataclasses.replace(ds, mean=mean, std=std)
+    n = ds.train_images.shape[0] * (procs if shard is not None else 1)
     if c.train.batch_size > n:
         raise config_lib.ConfigError(
             f"train.batch_size={c.train.batch_size} is larger than the training set "
@@ -239,14 +261,93 @@ def load_data(c: ml_collections.ConfigDict) -> data_lib.Dataset:
 
 
 def make_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """A one-axis ``"data"`` mesh over ``train.num_devices`` devices (0 = all)."""
-    devices = jax.devices()
+    """A one-axis ``"data"`` mesh over ``train.num_devices`` devices (0 = all).
+
+    Devices are ordered by process, then id, so that each process's devices
+    are one contiguous block of the axis (its rows of a sharded data set).
+    """
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     n = c.train.num_devices or len(devices)
     if n > len(devices):
         raise config_lib.ConfigError(
             f"train.num_devices={n} exceeds the {len(devices)} available devices"
         )
+    if n < len(devices) and jax.process_count() > 1:
+        raise config_lib.ConfigError(
+            f"train.num_devices={n}: a multi-process run uses every device "
+            f"({len(devices)}); set it to 0"
+        )
     return jax.sharding.Mesh(np.asarray(devices[:n]), ("data",))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """The training set on device and how epochs are cut into batches.
+
+    ``layout="replicated"``: every device holds all N rows; an epoch is
+    ``epoch_batches`` over them. ``layout="sharded"``: device d holds
+    ``per_device`` rows (global rows d per_device ..), each process having
+    put only its own rows; an epoch is ``sharded_epoch_batches`` of local
+    indices, B / D per device per batch.
+    """
+
+    images: jax.Array
+    labels: jax.Array
+    layout: str
+    num_examples: int  # N used for training (sharded: D * per_device)
+    steps_per_epoch: int
+    per_device: int
+    mesh: jax.sharding.Mesh
+
+    def epoch(self, key: jax.Array, batch: int) -> jax.Array:
+        """(steps_per_epoch, batch) int32 batch indices of one epoch."""
+        if self.layout == "replicated":
+            return data_lib.epoch_batches(key, self.num_examples, batch)
+        order = data_lib.sharded_epoch_batches(
+            key, self.per_device, self.mesh.size, batch
+        )
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, "data"))
+        return jax.make_array_from_callback(order.shape, sharding, lambda i: order[i])
+
+
+def put_train_data(
+    c: ml_collections.ConfigDict, ds: data_lib.Dataset, mesh: jax.sharding.Mesh
+) -> TrainData:
+    """Places the training set on the mesh in the config's ``data.layout``."""
+    batch = c.train.batch_size
+    images, labels = ds.train_images, ds.train_labels.astype(np.int32)
+    if c.data.layout == "replicated":
+        replicated = NamedSharding(mesh, PartitionSpec())
+        n = images.shape[0]
+        return TrainData(
+            *jax.device_put((images, labels), replicated),
+            layout="replicated",
+            num_examples=n,
+            steps_per_epoch=n // batch,
+            per_device=n,
+            mesh=mesh,
+        )
+    num_dev = mesh.size
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    per_device = images.shape[0] // local
+    if per_device < batch // num_dev:
+        raise config_lib.ConfigError(
+            f"train.batch_size={batch} needs {batch // num_dev} examples per device "
+            f"but data.layout='sharded' leaves {per_device} on each of {num_dev}"
+        )
+    rows = per_device * local
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    shape = (per_device * num_dev, *images.shape[1:])
+    put = jax.make_array_from_process_local_data
+    return TrainData(
+        images=put(sharding, images[:rows], shape),
+        labels=put(sharding, labels[:rows], shape[:1]),
+        layout="sharded",
+        num_examples=shape[0],
+        steps_per_epoch=per_device // (batch // num_dev),
+        per_device=per_device,
+        mesh=mesh,
+    )
 
 
 def epochs_of(c: ml_collections.ConfigDict, mode: str, num_blocks: int) -> int:
@@ -273,9 +374,10 @@ def train_mode(
     routing = training.make_routing(
         "layerwise" if kind == "sequential" else mode, num_blocks
     )
-    n_train = ds.train_images.shape[0]
+    mesh = make_mesh(c)
+    train_data = put_train_data(c, ds, mesh)
     batch = c.train.batch_size
-    steps_per_epoch = n_train // batch
+    steps_per_epoch = train_data.steps_per_epoch
     num_epochs = epochs_of(c, mode, num_blocks)
     stage_epochs = (
         c.train.sequential_stage_epochs if kind == "sequential" else num_epochs
@@ -336,18 +438,11 @@ def train_mode(
     tx, _ = optimizer(stage_of(0), state.params)
     state = state.replace(opt_state=tx.init(state.params))
 
-    mesh = make_mesh(c)
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.device_put(state, replicated)
-    # Small data sets live on every device; each batch is sharded in the step.
-    images, labels, test_images, test_labels = jax.device_put(
-        (
-            ds.train_images,
-            ds.train_labels.astype(np.int32),
-            ds.test_images,
-            ds.test_labels.astype(np.int32),
-        ),
-        replicated,
+    # The test set lives on every device; each evaluation batch is sharded.
+    test_images, test_labels = jax.device_put(
+        (ds.test_images, ds.test_labels.astype(np.int32)), replicated
     )
     eval_fn = training.make_eval_fn(
         model,
@@ -404,7 +499,12 @@ def train_mode(
         if stage not in chunk_fns:
             tx_s, mask_s = optimizer(stage, state.params)
             step = training.make_train_step(model, routing, tx_s, step_cfg, mask=mask_s)
-            chunk_fns[stage] = training.make_train_chunk(step, mesh=mesh)
+            chunk_fns[stage] = training.make_train_chunk(
+                step,
+                mesh=mesh,
+                sharded_data=train_data.layout == "sharded",
+                loop=c.train.loop,
+            )
         return chunk_fns[stage]
 
     def evaluate(epoch: int, step: int, wall: float, train_stats: dict) -> None:
@@ -467,13 +567,11 @@ def train_mode(
             )
             logging.info("[%s] stage %d: training %s", mode, stage, block_names[stage])
         fn = chunk_fn(stage)
-        order = data_lib.epoch_batches(
-            jax.random.fold_in(data_key, epoch), n_train, batch
-        )
+        order = train_data.epoch(jax.random.fold_in(data_key, epoch), batch)
         sums: dict[str, np.ndarray] = {}
         for start in range(0, steps_per_epoch, chunk_len):
             idx = order[start : start + chunk_len]
-            state, m = fn(state, images, labels, idx)
+            state, m = fn(state, train_data.images, train_data.labels, idx)
             m = jax.device_get(m)
             _check_finite(
                 m, mode, epoch + 1, epoch * steps_per_epoch + start, block_names
@@ -520,7 +618,8 @@ def train_mode(
         "params_sha256": params_digest(state.params),
         "num_classes": num_classes,
         "backend": jax.default_backend(),
-        "num_devices": jax.device_count(),
+        "num_devices": mesh.size,
+        "data_layout": train_data.layout,
     }
     write_json_atomic(run_dir / "summary.json", summary)
     logging.info(

@@ -14,8 +14,10 @@ Distances (matmul identity, never an (n, n, d) broadcast)::
 
     D_ij = |x_i|^2 + |x_j|^2 - 2 x_i . x_j,   clamped at 0, D_ii = 0
 
-on mean-centered features (distances do not change, float32 cancellation
-does). Matmuls run with ``Precision.HIGHEST``.
+with the inner products of the centered features, H X X^T H (distances do not
+change, float32 cancellation does); features whose offset exceeds 30 times
+their spread (layers at initialization) are mean-centered before the matmul
+instead. Matmuls run with ``Precision.HIGHEST``.
 
 Gaussian Gram, K_ij = exp(-D_ij / s) with D the squared distance
 (``distance="squared"``) or the Euclidean distance sqrt(D) (``"euclidean"``,
@@ -286,22 +288,43 @@ def _center(k: Array) -> Array:
     return k - row - col + jnp.mean(row, axis=-2, keepdims=True)
 
 
-def _sq_distances(x: Array) -> Array:
-    """(n, d) float -> (n, n) squared Euclidean distances.
+# A float32 Gram entry x_i . x_j carries rounding of about eps |x_i| |x_j|;
+# the centered Gram H X X^T H (all that distances depend on) is smaller by the
+# ratio tr(X X^T) / tr(H X X^T H) = (offset^2 + spread^2) / spread^2, which
+# multiplies that error. Past this ratio (about 1.5 digits of float32's 7
+# lost), the Gram is recomputed from mean-centered features.
+_MAX_OFFSET_RATIO = 30.0
 
-    The features are mean-centered first, so float32 rounding is relative to
-    their spread, not to their offset (layers at initialization can have an
-    offset thousands of times their spread). The mean is a matrix-vector
-    product: on XLA:CPU a column mean of a wide (n, d) array can cost more
-    than the Gram matmul itself.
-    """
-    n = x.shape[0]
-    mean = jnp.dot(jnp.full((n,), 1.0 / n, x.dtype), x, precision=_HIGHEST)
+
+def _centered_feature_gram(x: Array) -> Array:
+    """H X X^T H from mean-centered features: exact to float32 rounding of the
+    spread, at the cost of one more pass over the (..., n, d) features. The
+    mean is a matrix-vector product (on XLA:CPU a column mean of a wide array
+    can cost more than the Gram matmul)."""
+    n = x.shape[-2]
+    mean = _mm(jnp.full((*x.shape[:-2], 1, n), 1.0 / n, x.dtype), x)
     x = x - mean
-    g = jax.lax.dot_general(x, x, (((1,), (1,)), ((), ())), precision=_HIGHEST)
-    g = 0.5 * (g + g.T)
-    sq = jnp.diagonal(g)
-    dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)
+    return _mm(x, _swap(x))
+
+
+def _sq_distances(x: Array) -> Array:
+    """(..., n, d) float -> (..., n, n) squared Euclidean distances.
+
+    The inner products come from H (X X^T) H (exact algebra, O(n^2) extra),
+    unless the features carry an offset more than ``_MAX_OFFSET_RATIO`` times
+    their spread (e.g. a layer at initialization); then, and only then, from
+    mean-centered features (``lax.cond`` over the whole stack, so the usual
+    case pays no extra pass over the features).
+    """
+    g = _center(_mm(x, _swap(x)))
+    trace = lambda a: jnp.trace(a, axis1=-2, axis2=-1)
+    total = jnp.sum(x * x, axis=(-2, -1))
+    offset = jnp.any(_MAX_OFFSET_RATIO * trace(g) < total)
+    g = jax.lax.cond(offset, lambda: _center(_centered_feature_gram(x)), lambda: g)
+    g = 0.5 * (g + _swap(g))
+    sq = jnp.diagonal(g, axis1=-2, axis2=-1)
+    dist = jnp.maximum(sq[..., :, None] + sq[..., None, :] - 2.0 * g, 0.0)
+    n = x.shape[-2]
     return jnp.where(jnp.eye(n, dtype=bool), 0.0, dist)
 
 
@@ -344,7 +367,7 @@ def _median_offdiag(dist: Array) -> Array:
 
 
 def _gaussian_minus_one(x: Array, sigma, bandwidth: str, distance: str) -> Array:
-    """K - 1 = expm1(-D / s) for x (n, d).
+    """K - 1 = expm1(-D / s) for x (..., n, d).
 
     Centering, HSIC and NOCCO ignore the constant shift; expm1 keeps full
     relative precision in the small entries of a wide (flat) kernel, where
@@ -354,15 +377,18 @@ def _gaussian_minus_one(x: Array, sigma, bandwidth: str, distance: str) -> Array
     if distance == "euclidean":
         dist = _safe_sqrt(dist)
     if bandwidth == "per_dim":
-        scale = 2.0 * sigma**2 * x.shape[1]
+        scale = 2.0 * sigma**2 * x.shape[-1]
     elif bandwidth == "fixed":
         scale = 2.0 * sigma**2
     else:
-        if x.shape[0] < 2:
+        if x.shape[-2] < 2:
             raise ValueError(
-                f"bandwidth='median' needs n >= 2 samples; got n={x.shape[0]}"
+                f"bandwidth='median' needs n >= 2 samples; got n={x.shape[-2]}"
             )
-        scale = 2.0 * _median_offdiag(dist)
+        median = _median_offdiag
+        for _ in range(dist.ndim - 2):
+            median = jax.vmap(median)
+        scale = 2.0 * median(dist)[..., None, None]
     return jnp.expm1(-dist / scale)
 
 
@@ -898,13 +924,11 @@ def _all_layers_stats(
 
     Returns each statistic with shape (B, L).
     """
-    kern = jax.vmap(  # K - 1: the same centered Grams, HSIC and CKA as K.
-        functools.partial(
-            _gaussian_minus_one,
-            sigma=config.sigma,
-            bandwidth=config.bandwidth,
-            distance=config.distance,
-        )
+    kern = functools.partial(  # K - 1: the same centered Grams, HSIC, CKA as K.
+        _gaussian_minus_one,
+        sigma=config.sigma,
+        bandwidth=config.bandwidth,
+        distance=config.distance,
     )
     m = xs.shape[1]
     kx = kern(xs)

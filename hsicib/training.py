@@ -41,6 +41,7 @@ host synchronizes once per chunk, not once per step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -406,7 +407,9 @@ def make_train_step(
       routing: from :func:`make_routing`.
       tx: the optimizer (already masked).
       cfg: static step settings.
-      mask: the trainable mask, used to keep frozen blocks' batch statistics.
+      mask: the trainable mask: frozen leaves are cut from autodiff
+        (``stop_gradient``, zero gradient, no backward pass) and frozen
+        blocks keep their batch statistics.
 
     Returns:
       ``step(state, images, labels) -> (state, metrics)``: ``images`` uint8
@@ -429,6 +432,13 @@ def make_train_step(
         return data_lib.normalize(x, cfg.mean, cfg.std).astype(cfg.compute_dtype)
 
     def loss_fn(params, batch_stats, x, labels, dropout_rng):
+        if mask is not None:
+            # Frozen leaves get no gradient at all (not one computed and then
+            # discarded by the optimizer), so XLA drops their backward pass:
+            # a sequential stage costs about one block's backward, not all.
+            params = jax.tree.map(
+                lambda keep, p: p if keep else jax.lax.stop_gradient(p), mask, params
+            )
         out, updates = model.apply(
             {"params": params, "batch_stats": batch_stats},
             x,
@@ -535,21 +545,52 @@ def make_train_step(
     return step
 
 
-def make_train_chunk(step_fn, *, donate: bool = True, mesh=None):
-    """Jits ``lax.scan`` of the step over a chunk of batches.
+LOOPS = ("python", "scan")
+
+
+def make_train_chunk(
+    step_fn,
+    *,
+    donate: bool = True,
+    mesh=None,
+    sharded_data: bool = False,
+    loop: str = "python",
+):
+    """Runs the step over a chunk of S batches.
 
     Returns ``chunk(state, images, labels, batch_idx) -> (state, metrics)`` where
     ``images`` (N, H, W, C) uint8 and ``labels`` (N,) are the whole training set
     on device and ``batch_idx`` (S, B) int32 the indices of S batches; metrics
-    are stacked along a leading axis of length S. One host synchronization per
-    chunk.
+    are stacked along a leading axis of length S. Nothing waits on the device
+    inside a chunk: the caller syncs once per chunk when it reads the metrics.
+
+    ``loop="python"`` (default) dispatches one jitted call per step (batch
+    gather, augmentation and update in one program, state donated; the step
+    index is a traced argument, so it compiles once); dispatch is asynchronous,
+    so the host runs ahead of the device. ``loop="scan"`` jits one
+    ``lax.scan`` over the S steps: fewer dispatches, but XLA:CPU runs
+    convolutions inside a while loop markedly slower than in a flat program
+    (``benchmarks/bench_train.py`` measures both), so it is only an option.
 
     With a ``mesh`` (one axis named ``"data"``), every batch is sharded over
     the devices along its first axis and the state stays replicated: XLA's
     SPMD partitioner turns the global-batch step into data parallelism
     (gradients and batch statistics are all-reduced), so the step computes the
     same function as on one device, up to the order of float reductions.
+
+    With ``sharded_data=True`` (needs a ``mesh``) the training set itself is
+    split: ``images`` and ``labels`` are global arrays sharded along their
+    first axis over ``"data"`` (device d holds rows d N/D .. (d+1) N/D - 1),
+    and ``batch_idx`` holds *local* row indices: columns d B/D .. (d+1) B/D - 1
+    index device d's own rows (see :func:`hsicib.data.sharded_epoch_batches`).
+    Each device gathers its part of the batch from its own memory
+    (``shard_map``), so no example crosses devices or hosts; global row of
+    column j is ``d N/D + batch_idx[:, j]``.
     """
+    if sharded_data and mesh is None:
+        raise ValueError("sharded_data=True needs a mesh with a 'data' axis")
+    if loop not in LOOPS:
+        raise ValueError(f"loop={loop!r} is not allowed; allowed: {', '.join(LOOPS)}")
     if mesh is None:
         constrain = lambda x: x
         jit_kw = {}
@@ -561,13 +602,42 @@ def make_train_chunk(step_fn, *, donate: bool = True, mesh=None):
         constrain = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
         jit_kw = {"out_shardings": replicated}
 
+    if sharded_data:
+        spec = jax.sharding.PartitionSpec("data")
+        local_gather = jax.shard_map(
+            lambda im, lb, i: (im[i], lb[i]),
+            mesh=mesh,
+            in_specs=(spec, spec, spec),
+            out_specs=(spec, spec),
+        )
+    else:
+        local_gather = lambda im, lb, i: (constrain(im[i]), constrain(lb[i]))
+
+    donate_kw = {"donate_argnums": (0,) if donate else ()}
+    if loop == "scan":
+
+        def scanned(state, images, labels, batch_idx):
+            def body(carry, idx):
+                return step_fn(carry, *local_gather(images, labels, idx))
+
+            return jax.lax.scan(body, state, batch_idx)
+
+        return jax.jit(scanned, **donate_kw, **jit_kw)
+
+    @functools.partial(jax.jit, **donate_kw, **jit_kw)
+    def one(state, images, labels, batch_idx, i):
+        idx = jax.lax.dynamic_index_in_dim(batch_idx, i, keepdims=False)
+        return step_fn(state, *local_gather(images, labels, idx))
+
     def chunk(state, images, labels, batch_idx):
-        def body(carry, idx):
-            return step_fn(carry, constrain(images[idx]), constrain(labels[idx]))
+        metrics = []
+        for i in range(batch_idx.shape[0]):
+            state, m = one(state, images, labels, batch_idx, np.int32(i))
+            metrics.append(m)
+        return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
-        return jax.lax.scan(body, state, batch_idx)
-
-    return jax.jit(chunk, donate_argnums=(0,) if donate else (), **jit_kw)
+    chunk.step = one  # the compiled unit, e.g. for .lower(...).compile()
+    return chunk
 
 
 def make_eval_fn(

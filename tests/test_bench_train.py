@@ -19,32 +19,27 @@ def test_count_convs_reads_dim_labels():
     assert bench_train.count_convs(text) == (1, 2)
 
 
-def test_quick_sequential_rows():
-    """Quick mode: scan and jit timings, memory, FLOPs, the prototype variant."""
+def test_quick_rows():
+    """Quick mode: runner, scan and jit timings, memory, FLOPs, the torch twin."""
     has_torch = importlib.util.find_spec("torch") is not None
     rows = bench_train.run(
-        ("lenet5",),
-        ("sequential",),
-        quick=True,
-        use_torch=has_torch,
-        variants=("stop_frozen",),
+        ("lenet5",), ("e2e", "sequential"), quick=True, use_torch=has_torch
     )
-    seq, frozen = rows
-    assert (seq.mode, frozen.mode) == ("sequential", "sequential (stop_frozen)")
+    e2e, seq = rows
+    assert (e2e.mode, seq.mode) == ("e2e", "sequential")
     for r in rows:
-        assert r.jax_jit_ms > 0 and r.jax_mem > 0 and r.jax_gflop > 0
+        assert r.jax_jit_ms > 0 and r.jax_loop_ms > 0 and r.jax_scan_ms > 0
+        assert r.jax_mem > 0 and r.jax_gflop > 0
         # LeNet5 has two convolution blocks: at least their forward passes.
         assert int(r.convs.split("/")[-1]) >= 2
-    assert seq.jax_scan_ms > 0 and frozen.jax_scan_ms is None
-    # Hiding the frozen blocks from autodiff removes their backward pass.
-    assert frozen.jax_gflop < seq.jax_gflop
-    if has_torch:
-        assert seq.torch_ms > 0 and seq.torch_mem > 0
-        # Both frameworks start from one set of weights: the first losses agree.
-        assert seq.loss_gap < 1e-5
-    assert frozen.torch_ms is None and frozen.loss_gap is None
+        if has_torch:
+            assert r.torch_ms > 0 and r.torch_mem > 0
+            # Both frameworks start from one set of weights: the first losses agree.
+            assert r.loss_gap < 1e-5
+    # Sequential stage 0 trains block 0 only: frozen blocks have no backward.
+    assert seq.jax_gflop < e2e.jax_gflop
     table = bench_train.format_table(rows)
-    assert table.count("| lenet5 | sequential") == 4
+    assert table.count("| lenet5 | sequential") == 2
 
 
 def test_bad_arguments_name_the_value():

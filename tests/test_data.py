@@ -272,6 +272,21 @@ def test_tfds_prepared_array_record(tmp_path):
     mean, std = pixel_stats(ds.train_images)
     np.testing.assert_allclose(ds.mean, mean, rtol=1e-12)
     np.testing.assert_allclose(ds.std, std, rtol=1e-12)
+    # Each process of a multi-host run reads only its rows of the train split.
+    shards = [
+        data.load_dataset(
+            "tfds", "hsicib_tiny_images", data_dir=tmp_path, train_shard=(i, 3)
+        )
+        for i in range(3)
+    ]
+    for i, shard in enumerate(shards):
+        np.testing.assert_array_equal(
+            shard.train_images, ds.train_images[3 * i : 3 * i + 3]
+        )
+        np.testing.assert_array_equal(
+            shard.train_labels, ds.train_labels[3 * i : 3 * i + 3]
+        )
+        np.testing.assert_array_equal(shard.test_images, ds.test_images)
 
 
 def test_tfds_unprepared_fails_fast(tmp_path):
@@ -456,3 +471,41 @@ def test_eval_subset(digits_ds):
     np.testing.assert_array_equal(y_all, digits_ds.test_labels)
     with pytest.raises(ValueError, match="size must be"):
         data.eval_subset(digits_ds, 0)
+
+
+def test_train_shard_rows_and_global_statistics(digits_ds):
+    n = digits_ds.train_images.shape[0]
+    size = n // 4
+    shards = [data.load_dataset("digits", train_shard=(i, 4)) for i in range(4)]
+    for i, shard in enumerate(shards):
+        rows = slice(i * size, (i + 1) * size)
+        np.testing.assert_array_equal(shard.train_images, digits_ds.train_images[rows])
+        np.testing.assert_array_equal(shard.train_labels, digits_ds.train_labels[rows])
+        np.testing.assert_array_equal(shard.test_labels, digits_ds.test_labels)
+    # Summed per-process histograms give the statistics of the rows used.
+    counts = sum(data.pixel_histogram(s.train_images) for s in shards)
+    mean, std = data.stats_from_histogram(counts)
+    used = digits_ds.train_images[: 4 * size].astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, [used.mean()], rtol=1e-12)
+    np.testing.assert_allclose(std, [used.std()], rtol=1e-12)
+    for bad in ((4, 4), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="train_shard"):
+            data.load_dataset("digits", train_shard=bad)
+    with pytest.raises(ValueError, match="train_shard count=2000"):
+        data.load_dataset("digits", train_shard=(0, 2000))
+
+
+def test_sharded_epoch_batches():
+    key = jax.random.PRNGKey(0)
+    idx = data.sharded_epoch_batches(key, 30, 4, 16)  # 4 per device and batch.
+    assert idx.shape == (7, 16) and idx.dtype == np.int32
+    for d in range(4):
+        block = idx[:, 4 * d : 4 * d + 4].ravel()
+        assert len(np.unique(block)) == 28 and block.min() >= 0 and block.max() < 30
+    # Devices shuffle independently, reproducibly.
+    assert not np.array_equal(idx[:, :4], idx[:, 4:8])
+    np.testing.assert_array_equal(data.sharded_epoch_batches(key, 30, 4, 16), idx)
+    with pytest.raises(ValueError, match="multiple of the number of devices"):
+        data.sharded_epoch_batches(key, 30, 4, 10)
+    with pytest.raises(ValueError, match="shard_size"):
+        data.sharded_epoch_batches(key, 3, 4, 16)

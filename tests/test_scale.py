@@ -68,6 +68,52 @@ _SCRIPT = textwrap.dedent(
             "loss_1": res[1][1].tolist(),
             "loss_8": res[8][1].tolist(),
         }
+    # data.layout="sharded": each device gathers its share of the batch from
+    # its own rows; that equals the replicated gather of the same global rows.
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    spec = jax.sharding.PartitionSpec
+    per_dev = images.shape[0] // 8
+    local_idx = data_lib.sharded_epoch_batches(jax.random.PRNGKey(3), per_dev, 8, 64)
+    local_idx = local_idx[:4]
+    global_idx = local_idx + (np.arange(64) // 8) * per_dev
+    rows = jax.device_put(
+        (images[: 8 * per_dev], labels[: 8 * per_dev]),
+        jax.sharding.NamedSharding(mesh, spec("data")),
+    )
+    for mode in ("e2e", "layerwise"):
+        tx = training.make_optimizer(name="adam", schedule=sched)
+        step = training.make_train_step(
+            model, training.make_routing(mode, model.num_blocks), tx, cfg
+        )
+        state = state0.replace(opt_state=tx.init(state0.params))
+        res = {}
+        for sharded, idx in ((True, local_idx), (False, global_idx)):
+            chunk = training.make_train_chunk(
+                step, donate=False, mesh=mesh, sharded_data=sharded
+            )
+            s, m = chunk(state, *rows, jnp.asarray(idx))
+            res[sharded] = (jax.device_get(s.params), jax.device_get(m["loss"]))
+        out[f"sharded/{mode}"] = {
+            "param_max_abs_diff": max(
+                float(np.max(np.abs(a - b)))
+                for a, b in zip(
+                    jax.tree.leaves(res[True][0]), jax.tree.leaves(res[False][0])
+                )
+            ),
+            "loss_sharded": res[True][1].tolist(),
+            "loss_replicated": res[False][1].tolist(),
+        }
+    c = quickstart.get_config()
+    c.modes = ("e2e",)
+    c.train.epochs = 2
+    c.data.layout = "sharded"
+    c.train.log_every_s = 1e9
+    c.optim.milestones = ()
+    c.hsic.eval_size = 200
+    summary = experiment.run(c, Path(sys.argv[1]) / "sharded")["e2e"]
+    out["run/sharded"] = {
+        k: summary[k] for k in ("final_test_acc", "data_layout", "num_devices", "steps")
+    }
     # The runner end to end, information plane included, on 1 and 8 devices.
     for n_dev in (1, 8):
         c = quickstart.get_config()
@@ -116,6 +162,17 @@ def test_eight_devices_match_one_device(tmp_path):
         # differ in their last bits (all-reduce order) can change a near-zero
         # component's normalized update, so allow 1e-4 (2.5 % of 4 steps' reach).
         assert out[mode]["param_max_abs_diff"] < 1e-4, (mode, out[mode])
+    for mode in ("e2e", "layerwise"):
+        got = out[f"sharded/{mode}"]
+        np.testing.assert_allclose(
+            got["loss_sharded"], got["loss_replicated"], rtol=1e-6
+        )
+        assert got["param_max_abs_diff"] < 1e-6, (mode, got)
+    sharded = out["run/sharded"]
+    assert sharded["data_layout"] == "sharded" and sharded["num_devices"] == 8
+    # 1,437 digits: 179 rows per device, 8 per device per batch of 64.
+    assert sharded["steps"] == 2 * (179 // 8)
+    assert sharded["final_test_acc"] > 0.5, sharded
     one, eight = out["run/1"], out["run/8"]
     np.testing.assert_allclose(
         one["infoplane"], eight["infoplane"], rtol=1e-4, atol=1e-5
