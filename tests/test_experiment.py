@@ -37,6 +37,11 @@ def test_every_mode_learns_the_digits(tmp_path, mode):
     ]
     assert rows[0]["epoch"] == 0 and rows[-1]["epoch"] == summary["epochs"]
     assert len(rows[-1]["probe_acc"]) == summary["num_blocks"]
+    # The tracking time is the sum of the evaluated epochs' tracker calls.
+    tracked = sum(r["hsic_time_s"] for r in rows)
+    assert summary["hsic_time_s"] == pytest.approx(tracked) and tracked > 0
+    assert summary["hsic_fraction"] == pytest.approx(tracked / summary["wall_time_s"])
+    assert 0 < summary["hsic_fraction"] < 1
     for name in ("config.json", "summary.json", "infoplane.csv", "checkpoints"):
         assert (tmp_path / name).exists(), name
 
