@@ -316,9 +316,10 @@ def _sq_distances(x: Array) -> Array:
     mean-centered features (``lax.cond`` over the whole stack, so the usual
     case pays no extra pass over the features).
     """
-    g = _center(_mm(x, _swap(x)))
+    gram = _mm(x, _swap(x))
+    g = _center(gram)
     trace = lambda a: jnp.trace(a, axis1=-2, axis2=-1)
-    total = jnp.sum(x * x, axis=(-2, -1))
+    total = trace(gram)  # sum of x * x, without another pass over the features
     offset = jnp.any(_MAX_OFFSET_RATIO * trace(g) < total)
     g = jax.lax.cond(offset, lambda: _center(_centered_feature_gram(x)), lambda: g)
     g = 0.5 * (g + _swap(g))

@@ -33,9 +33,10 @@ Every block also has a linear *probe* that always sees detached features and
 always trains with cross-entropy: its accuracy is the block's linear
 separability, in every mode, at no cost to the routing.
 
-The train step ``step(state, images, labels) -> (state, metrics)`` is pure and
-jitted; :func:`make_train_epoch_chunk` scans it over several batches so that the
-host synchronizes once per chunk, not once per step.
+The train step ``step(state, images, labels) -> (state, metrics)`` is pure
+(:func:`make_train_step`); :func:`make_train_chunk` runs it over a chunk of
+batches (one jitted call per step, or one ``lax.scan``) so that the host
+synchronizes once per chunk, not once per step.
 """
 
 from __future__ import annotations
@@ -485,10 +486,14 @@ def make_train_step(
                     sigma=cfg.nhsic_sigma,
                 )
             local.append(value)
+        # NaN marks a block without a local loss in the metrics only; the sum
+        # selects the real ones by the static routing, so a local loss that
+        # goes NaN itself reaches the total (and the non-finite check).
+        total = final_ce + jnp.sum(probe)
+        for i in range(num_blocks):
+            if routing.local[i]:
+                total = total + local[i]
         local = jnp.stack(local)
-        total = (
-            final_ce + jnp.sum(probe) + jnp.sum(jnp.where(jnp.isnan(local), 0.0, local))
-        )
         aux = {
             "batch_stats": updates.get("batch_stats", batch_stats),
             "final_ce": final_ce,
@@ -521,9 +526,8 @@ def make_train_step(
                 for i in range(num_blocks)
             ]
         )
-        block_loss = jnp.where(
-            jnp.isnan(aux["local_loss"]), aux["probe_loss"], aux["local_loss"]
-        )
+        has_local = np.asarray(routing.local, dtype=bool)  # static
+        block_loss = jnp.where(has_local, aux["local_loss"], aux["probe_loss"])
         metrics = {
             "loss": loss,
             "final_ce": aux["final_ce"],
