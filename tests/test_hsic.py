@@ -184,25 +184,57 @@ def test_cka_matches_reference(data, estimator):
     close(hsic.cka(k, g, estimator=estimator), np_cka(k, g, estimator), rtol=1e-4)
 
 
+@pytest.mark.parametrize("solver", hsic.SOLVERS)
 @pytest.mark.parametrize("distance", ["squared", "euclidean"])
-def test_nocco_equals_authors_explicit_inverse(data, distance):
+def test_nocco_equals_authors_explicit_inverse(data, distance, solver):
     x, z, _ = data
     kx, kz = np_gaussian(x, distance=distance), np_gaussian(z, distance=distance)
     expected = np_nocco_authors(kx, kz)
     got = hsic.nocco(
         hsic.gaussian_gram(x, distance=distance),
         hsic.gaussian_gram(z, distance=distance),
+        solver=solver,
     )
     close(got, expected, rtol=2e-4)
-    close(hsic.nhsic(x, z, distance=distance), expected, rtol=1e-4)
-    close(hsic.nocco(kx, kz, eps=1e-3), np_nocco_authors(kx, kz, 1e-3), rtol=1e-4)
+    close(hsic.nhsic(x, z, distance=distance, solver=solver), expected, rtol=1e-4)
+    close(
+        hsic.nocco(kx, kz, eps=1e-3, solver=solver),
+        np_nocco_authors(kx, kz, 1e-3),
+        rtol=1e-4,
+    )
 
 
-def test_nhsic_labels_equals_authors_formula(data):
+@pytest.mark.parametrize("solver", hsic.SOLVERS)
+def test_nhsic_labels_equals_authors_formula(data, solver):
     _, z, y = data
     expected = np_nocco_authors(np_label_gram(y, 4), np_gaussian(z))
-    close(hsic.nhsic_labels(y, z, num_classes=4), expected, rtol=1e-4)
-    close(hsic.nhsic_labels(np.eye(4)[y], z), expected, rtol=1e-4)
+    close(hsic.nhsic_labels(y, z, num_classes=4, solver=solver), expected, rtol=1e-4)
+    close(hsic.nhsic_labels(np.eye(4)[y], z, solver=solver), expected, rtol=1e-4)
+
+
+def test_solvers_agree_on_wide_and_ill_conditioned_grams():
+    """Cholesky and eigh give the same nHSIC (float32) as float64, for Grams
+    from wide features and from a few features at a large scale (condition
+    number of G + eps n I about 1e4)."""
+    rng = np.random.default_rng(3)
+    n = 200
+    y = rng.integers(0, 10, n)
+    x = rng.normal(size=(n, 64)).astype(np.float32)
+    centers = rng.normal(size=(10, 300))
+    wide = np.tanh(rng.normal(size=(n, 300)) + 2 * centers[y]).astype(np.float32)
+    narrow = (5 * (rng.normal(size=(n, 10)) + 2 * centers[y, :10])).astype(np.float32)
+    kx = np_gaussian(x.astype(np.float64))
+    ly = np_label_gram(y, 10)
+    for t in (wide, narrow):
+        kt = np_gaussian(t.astype(np.float64))
+        want_x, want_y = np_nocco_authors(kx, kt), np_nocco_authors(ly, kt)
+        for solver in hsic.SOLVERS:
+            close(hsic.nhsic(x, t, solver=solver), want_x, rtol=1e-4)
+            close(
+                hsic.nhsic_labels(y, t, num_classes=10, solver=solver),
+                want_y,
+                rtol=1e-4,
+            )
 
 
 def test_permutation_invariance(data):
@@ -265,7 +297,8 @@ def _inv_nocco(k, g, eps=1e-5):
     return jnp.sum(rk * rl.T)
 
 
-def test_gradients_match_finite_differences_and_inverse_formula(data):
+@pytest.mark.parametrize("solver", hsic.SOLVERS)
+def test_gradients_match_finite_differences_and_inverse_formula(data, solver):
     x, z, y = data
     with jax.enable_x64(True):
         x, z, y = (
@@ -277,7 +310,7 @@ def test_gradients_match_finite_differences_and_inverse_formula(data):
         # Autodiff through the explicit-inverse formula: the same derivative.
         def both(a, b):
             ref = _inv_nocco(hsic.gaussian_gram(a), hsic.gaussian_gram(b))
-            return hsic.nhsic(a, b), ref
+            return hsic.nhsic(a, b, solver=solver), ref
 
         ours, ref = jax.jit(jax.jacrev(both, (0, 1)))(x, z)
         for a, b in zip(ours, ref, strict=True):
@@ -288,11 +321,11 @@ def test_gradients_match_finite_differences_and_inverse_formula(data):
         # (the Euclidean variant, labels, CKA, all layers in chunks).
         @jax.jit
         def everything(t, a, codes):
-            cfg = hsic.HSICConfig(chunk_size=8)
+            cfg = hsic.HSICConfig(chunk_size=8, solver=solver)
             out = hsic.all_layers(a, y, [t, t[:, :2] ** 2], num_classes=4, config=cfg)
             return (
-                hsic.nhsic(a, t, distance="euclidean")
-                + hsic.nhsic_labels(codes, t)
+                hsic.nhsic(a, t, distance="euclidean", solver=solver)
+                + hsic.nhsic_labels(codes, t, solver=solver)
                 + hsic.cka(hsic.gaussian_gram(a), hsic.gaussian_gram(t))
                 + out["nhsic_x"].sum()
                 + out["nhsic_y"].sum()
@@ -302,7 +335,8 @@ def test_gradients_match_finite_differences_and_inverse_formula(data):
         check_grads(everything, (z, x, soft), order=1, modes=("rev",), eps=1e-6)
 
 
-def test_gradients_finite_for_constant_and_duplicated_inputs(data):
+@pytest.mark.parametrize("solver", hsic.SOLVERS)
+def test_gradients_finite_for_constant_and_duplicated_inputs(data, solver):
     x, z, y = data
     const = jnp.ones((24, 5))
     dup = jnp.concatenate([z[:12], z[:12]])
@@ -310,11 +344,14 @@ def test_gradients_finite_for_constant_and_duplicated_inputs(data):
     @jax.jit
     def grads(a, t):
         kx = hsic.gaussian_gram(a)
+        nh = functools.partial(hsic.nhsic, solver=solver)
         return [
-            jax.grad(hsic.nhsic, (0, 1))(a, t),
-            jax.grad(lambda u: hsic.nhsic(a, u, distance="euclidean"))(t),
+            jax.grad(nh, (0, 1))(a, t),
+            jax.grad(lambda u: nh(a, u, distance="euclidean"))(t),
             jax.grad(lambda u: hsic.cka(kx, hsic.gaussian_gram(u)))(t),
-            jax.grad(lambda u: hsic.nhsic_labels(y, u, num_classes=4))(t),
+            jax.grad(lambda u: hsic.nhsic_labels(y, u, num_classes=4, solver=solver))(
+                t
+            ),
         ]
 
     for t in (const, dup):
@@ -343,8 +380,8 @@ def _per_layer(x, y, layers, config, num_classes=4):
         kt = kern(t)
         rows.append(
             [
-                hsic.nocco(kx, kt, eps=config.eps),
-                hsic.nocco(ly, kt, eps=config.eps),
+                hsic.nocco(kx, kt, eps=config.eps, solver=config.solver),
+                hsic.nocco(ly, kt, eps=config.eps, solver=config.solver),
                 hsic.cka(kx, kt, estimator=est),
                 hsic.cka(ly, kt, estimator=est),
             ]
@@ -361,6 +398,7 @@ CONFIGS = [
         cka_estimator="unbiased",
         eps=1e-3,
     ),
+    hsic.HSICConfig(chunk_size=None, solver="eigh"),
 ]
 
 
@@ -379,12 +417,12 @@ def test_all_layers_equals_per_layer_calls(data, config):
             close(got[name], want[name], rtol=1e-8, atol=1e-10)
 
 
-def test_all_layers_float32_matches_float64_reference(data):
+@pytest.mark.parametrize("solver", hsic.SOLVERS)
+def test_all_layers_float32_matches_float64_reference(data, solver):
     x, z, y = data
     layers = [z, np.sin(z[:, :2])]
-    got = hsic.all_layers_jit(
-        x, y, layers, num_classes=4, config=hsic.HSICConfig(chunk_size=None)
-    )
+    config = hsic.HSICConfig(chunk_size=None, solver=solver)
+    got = hsic.all_layers_jit(x, y, layers, num_classes=4, config=config)
     kx, ly = np_gaussian(x), np_label_gram(y, 4)
     for i, t in enumerate(layers):
         kt = np_gaussian(t)
@@ -541,6 +579,7 @@ def test_mismatched_n_and_bad_shapes_raise(data):
         ({"chunk_size": 0}, "HSICConfig.chunk_size"),
         ({"chunk_size": 3, "cka_estimator": "unbiased"}, "chunk_size"),
         ({"chunk_size": 2.5}, "chunk_size"),
+        ({"solver": "inv"}, "HSICConfig.solver.*'inv'"),
     ],
 )
 def test_config_validation(kwargs, match):
