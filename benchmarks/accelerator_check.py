@@ -33,7 +33,7 @@ from hsicib import data as data_lib
 from hsicib import hsic, infoplane, models, training
 
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps per mode.")
-_CHUNK = flags.DEFINE_integer("chunk", 25, "Steps per scanned call.")
+_CHUNK = flags.DEFINE_integer("chunk", 25, "Steps per runner call (metrics read once).")
 _BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
 _WIDTH = flags.DEFINE_float("width_mult", 1.0, "ResNet-18 width multiplier.")
 _HSIC_N = flags.DEFINE_integer("hsic_n", 1000, "Examples in the nHSIC evaluation.")

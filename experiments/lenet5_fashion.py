@@ -5,7 +5,9 @@ r"""LeNet5 on the real Fashion-MNIST from IDX files (offline), E2E vs layer-wise
 
 Data: the Debian package dataset-fashion-mnist installs the four IDX files in
 /usr/share/datasets/fashion-mnist (override with --config.data.data_dir).
-Hardware: a 2-core CPU, about 15 s per epoch per mode; 20 epochs per mode.
+Hardware: a 2-core CPU (no GPU). Measured 2026-12-04: 3 min 37 s wall for
+both modes (20 epochs each, 1.1 GB peak RSS); test accuracy E2E 90.46 %,
+layer-wise 90.18 %; the information-plane tracking took 1.3-1.5 % of each run.
 """
 
 from experiments import common

@@ -2,8 +2,9 @@ r"""Quick start: LeNet5 E2E vs layer-wise on the bundled digits, with the report
 
   python -m experiments.run --config=experiments/quickstart.py --workdir=runs/quickstart
 
-Hardware: a 2-core CPU. Expected wall time: under 3 minutes for both modes and the
-report (1,437 training / 360 test images of scikit-learn's real 8x8 digits).
+Hardware: a 2-core CPU. Measured 2026-12-04: 15.5 s wall for both modes and the
+report, 0.7 GB peak RSS (1,437 training / 360 test images of scikit-learn's real
+8x8 digits); test accuracy E2E 96.67 %, layer-wise 97.50 %.
 """
 
 from experiments import common

@@ -761,9 +761,35 @@ def _cholesky_many(a: Array) -> Array:
 
 
 def _ridge_solve(chol: Array, rhs: Array) -> Array:
-    """A^-1 rhs for A = L L^T: chol (..., n, n) lower, rhs (..., n, k)."""
+    """A^-1 rhs for A = L L^T: chol (..., n, n) lower, rhs (..., n, k), the
+    same leading dimensions.
+
+    On CPU a stack runs as unbatched solves under ``lax.map``: jaxlib's
+    batched LAPACK trsm has the thread-pool deadlock of ``_eigh_many`` (seen
+    with 8 host devices solving at once).
+    """
     solve = functools.partial(jax.lax.linalg.triangular_solve, left_side=True)
-    return solve(chol, solve(chol, rhs, lower=True), lower=True, transpose_a=True)
+
+    def one(lr):
+        chol_i, rhs_i = lr
+        y = solve(chol_i, rhs_i, lower=True)
+        return solve(chol_i, y, lower=True, transpose_a=True)
+
+    batch = chol.shape[:-2]
+    if math.prod(batch) <= 1:
+        n = chol.shape[-1]
+        out = one((chol.reshape(n, n), rhs.reshape(rhs.shape[-2:])))
+        return out.reshape(rhs.shape)
+    flat = (
+        chol.reshape(-1, *chol.shape[-2:]),
+        rhs.reshape(-1, *rhs.shape[-2:]),
+    )
+    out = jax.lax.platform_dependent(
+        *flat,
+        cpu=lambda c, r: jax.lax.map(one, (c, r)),
+        default=lambda c, r: one((c, r)),
+    )
+    return out.reshape(rhs.shape)
 
 
 def _nocco_against_cholesky(
