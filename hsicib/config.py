@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import ml_collections
 
-from hsicib import data, losses, models, training
+from hsicib import data, hsic, losses, models, training
 
 DATA_SOURCES = data.SOURCES
 MODEL_NAMES = models.MODEL_NAMES
 HEADS = models.HEAD_TYPES
 LOCAL_LOSSES = losses.LOCAL_LOSSES
 NHSIC_REFERENCES = ("input", "block_input")
-BANDWIDTHS = ("per_dim", "median", "fixed")
-DISTANCES = ("squared", "euclidean")
+BANDWIDTHS = hsic.BANDWIDTHS
+DISTANCES = hsic.DISTANCES
+SOLVERS = hsic.SOLVERS
 PRECISIONS = ("float32", "bfloat16")
 DATA_LAYOUTS = ("replicated", "sharded")
 
@@ -105,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.hsic.bandwidth = "per_dim"
     c.hsic.distance = "squared"
     c.hsic.eps = 1e-5
+    c.hsic.solver = "cholesky"
     c.hsic.every = 10
     c.hsic.num_log = 8
 
@@ -218,5 +220,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive("hsic.every", c.hsic.every)
     _allowed("hsic.bandwidth", c.hsic.bandwidth, BANDWIDTHS)
     _allowed("hsic.distance", c.hsic.distance, DISTANCES)
+    _allowed("hsic.solver", c.hsic.solver, SOLVERS)
     _positive("checkpoint.every_epochs", c.checkpoint.every_epochs)
     _positive("checkpoint.max_to_keep", c.checkpoint.max_to_keep)

@@ -188,6 +188,7 @@ def _hsic_config(c: ml_collections.ConfigDict) -> hsic.HSICConfig:
         distance=c.hsic.distance,
         eps=c.hsic.eps,
         chunk_size=c.hsic.chunk_size or None,
+        solver=c.hsic.solver,
     )
 
 

@@ -107,6 +107,11 @@ _BAD_FIELDS = [
     ("optim.lr", -0.1, "optim.lr=-0.1 must be > 0"),
     ("hsic.sigma", 0.0, "hsic.sigma=0.0 must be > 0"),
     ("hsic.eps", -1e-5, "hsic.eps=-1e-05 must be > 0"),
+    (
+        "hsic.solver",
+        "inverse",
+        "hsic.solver='inverse' is not allowed; allowed: cholesky, eigh",
+    ),
     ("loss.nhsic_sigma", 0.0, "loss.nhsic_sigma=0.0 must be > 0"),
     ("data.num_classes", 3, "num_classes=3"),
     ("data.source", "idx", "data.data_dir"),
