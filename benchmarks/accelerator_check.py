@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import xla_memory
 from hsicib import data as data_lib
 from hsicib import hsic, infoplane, models, training
 
@@ -75,22 +76,14 @@ def _run_mode(mode: str, ds, model, hsic_x, hsic_y) -> dict:
     )
     chunk = training.make_train_chunk(step)
     b = _BATCH.value
-    mem = (
+    step_bytes = xla_memory.buffer_bytes(
         jax.jit(step, donate_argnums=(0,))
         .lower(
             state, jnp.zeros((b, *ds.image_shape), jnp.uint8), jnp.zeros(b, jnp.int32)
         )
         .compile()
-        .memory_analysis()
     )
-    step_mib = None
-    if mem is not None:
-        step_mib = (
-            mem.argument_size_in_bytes
-            + mem.output_size_in_bytes
-            - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes
-        ) / 2**20
+    step_mib = None if step_bytes is None else step_bytes / 2**20
     images = jnp.asarray(ds.train_images)
     labels = jnp.asarray(ds.train_labels)
     rates, t_compile = [], None

@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import xla_memory
 from hsicib import hsic
 
 GIB = 1024.0**3
@@ -171,16 +172,11 @@ def time_interleaved(
 
 def jit_memory_bytes(fn, *args) -> int:
     """Static peak of a jitted function: arguments + outputs + temporaries."""
-    stats = fn.lower(*args).compile().memory_analysis()
-    if stats is None:
+    compiled = fn.lower(*args).compile()
+    total = xla_memory.buffer_bytes(compiled)
+    if total is None:
         return -1
-    peak = getattr(stats, "peak_memory_in_bytes", 0) or 0
-    total = (
-        stats.argument_size_in_bytes
-        + stats.output_size_in_bytes
-        - stats.alias_size_in_bytes
-        + stats.temp_size_in_bytes
-    )
+    peak = getattr(compiled.memory_analysis(), "peak_memory_in_bytes", 0) or 0
     return int(max(peak, total))
 
 
@@ -217,8 +213,7 @@ def floor_grams(x, layers, m: int):
 def floor_factor(grams):
     """Per Gram G (m x m): L = chol(G + eps m I), then (G + eps m I)^-1 G by
     two triangular solves; the same calls all_layers makes."""
-    ridge = 1e-5 * grams.shape[-1] * jnp.eye(grams.shape[-1], dtype=grams.dtype)
-    chol = hsic._cholesky_many(grams + ridge)
+    chol = hsic._ridge_factor(grams, 1e-5 * grams.shape[-1])
     return hsic._ridge_solve(chol, grams)
 
 

@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from benchmarks import xla_memory
 from hsicib import models, training
 
 try:  # optional dependency (pyproject extra "bench")
@@ -180,13 +181,7 @@ class _JaxCase:
             .compile()
         )
         self.run_chunk = None
-        mem = self.step.memory_analysis()
-        self.peak_bytes = int(
-            mem.argument_size_in_bytes
-            + mem.output_size_in_bytes
-            - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes
-        )
+        self.peak_bytes = xla_memory.buffer_bytes(self.step)
         cost = self.step.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         self.gflop = float(cost.get("flops", float("nan"))) / 1e9

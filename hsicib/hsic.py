@@ -95,8 +95,8 @@ explicit inverse is off by up to 1e-2. ``nhsic``, ``nhsic_labels``,
 ``all_layers`` and ``StreamingCKA`` use this path; ``nocco(gaussian_gram(x),
 ...)`` starts from K itself and is good to about 1e-3 in float32 (use x64 if
 that matters). On CPU the factorizations of a stack run one at a time
-(``_eigh_many``, ``_cholesky_many``): jaxlib 0.10's batched LAPACK eigh can
-deadlock when two batches run concurrently.
+(``_per_matrix``): jaxlib 0.10's batched LAPACK kernels can deadlock when
+two batches run concurrently.
 
 References:
   Gretton, Bousquet, Smola, Schoelkopf. Measuring statistical dependence with
@@ -173,6 +173,7 @@ __all__ = [
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 _mm = functools.partial(jnp.matmul, precision=_HIGHEST)
+_einsum = functools.partial(jnp.einsum, precision=_HIGHEST)
 
 
 def _outer_gram(x: Array) -> Array:
@@ -184,9 +185,6 @@ def _outer_gram(x: Array) -> Array:
     return jax.lax.dot_general(
         x, x, (((nd - 1,), (nd - 1,)), (batch, batch)), precision=_HIGHEST
     )
-
-
-_einsum = functools.partial(jnp.einsum, precision=_HIGHEST)
 
 
 # ----------------------------------------------------------------------------
@@ -625,23 +623,29 @@ def _swap(a: Array) -> Array:
     return jnp.swapaxes(a, -1, -2)
 
 
-def _eigh_many(g: Array) -> tuple[Array, Array]:
-    """Eigendecompositions of a stack (B, n, n) -> (B, n), (B, n, n).
+def _per_matrix(fn, *stacks: Array):
+    """``fn`` over stacks of matrices (B, ...) sharing B; results stacked.
 
-    On CPU, jaxlib's LAPACK eigh spreads a batch over XLA's intra-op thread
-    pool and blocks a pool thread until the batch is done; two such batched
-    calls running at the same time can wait on each other forever (seen with
-    jaxlib 0.10.2 on a 2-core machine). So on CPU we loop over unbatched
-    eighs (``lax.map``); other platforms get one batched call.
+    On CPU, jaxlib's LAPACK kernels (eigh, Cholesky, triangular solve) spread
+    a batch over XLA's intra-op thread pool and block a pool thread until the
+    batch is done; two such batched calls running at the same time can wait
+    on each other forever (seen with jaxlib 0.10.2: two concurrent eighs on
+    a 2-core machine, trsm on 8 host devices). So on CPU this loops over
+    unbatched calls (``lax.map``); other platforms get one batched call of
+    ``fn``, which must accept leading batch dimensions.
     """
-    if g.shape[0] == 1:
-        lam, u = jnp.linalg.eigh(g[0])
-        return lam[None], u[None]
+    if stacks[0].shape[0] == 1:
+        return jax.tree.map(lambda a: a[None], fn(*(a[0] for a in stacks)))
     return jax.lax.platform_dependent(
-        g,
-        cpu=lambda a: tuple(jax.lax.map(jnp.linalg.eigh, a)),
-        default=lambda a: tuple(jnp.linalg.eigh(a)),
+        *stacks,
+        cpu=lambda *a: jax.lax.map(lambda t: fn(*t), a),
+        default=fn,
     )
+
+
+def _eigh_many(g: Array) -> tuple[Array, Array]:
+    """Eigendecompositions of a stack (B, n, n) -> (B, n), (B, n, n)."""
+    return tuple(_per_matrix(jnp.linalg.eigh, g))
 
 
 def _spectra(ga: Array, gb: Array | None, fb: Array | None, c):
@@ -747,49 +751,34 @@ def _nocco_against_jvp(primals, tangents):
 
 
 def _cholesky_many(a: Array) -> Array:
-    """Lower Cholesky factors of a stack (B, n, n) -> (B, n, n).
+    """Lower Cholesky factors of a stack (B, n, n) -> (B, n, n)."""
+    return _per_matrix(jnp.linalg.cholesky, a)
 
-    Unbatched calls under ``lax.map`` on CPU, for the reason of ``_eigh_many``.
-    """
-    if a.shape[0] == 1:
-        return jnp.linalg.cholesky(a[0])[None]
-    return jax.lax.platform_dependent(
-        a,
-        cpu=lambda m: jax.lax.map(jnp.linalg.cholesky, m),
-        default=jnp.linalg.cholesky,
+
+def _ridge_factor(g: Array, c) -> Array:
+    """Cholesky factors of G + c I for a stack of Grams (..., n, n)."""
+    n = g.shape[-1]
+    a = g + c * jnp.eye(n, dtype=g.dtype)
+    return _cholesky_many(a.reshape(-1, n, n)).reshape(g.shape)
+
+
+def _solve_lower_lt(chol: Array, rhs: Array) -> Array:
+    """(L L^T)^-1 rhs by two triangular solves (batch dimensions allowed)."""
+    solve = functools.partial(
+        jax.lax.linalg.triangular_solve, left_side=True, lower=True
     )
+    return solve(chol, solve(chol, rhs), transpose_a=True)
 
 
 def _ridge_solve(chol: Array, rhs: Array) -> Array:
     """A^-1 rhs for A = L L^T: chol (..., n, n) lower, rhs (..., n, k), the
-    same leading dimensions.
-
-    On CPU a stack runs as unbatched solves under ``lax.map``: jaxlib's
-    batched LAPACK trsm has the thread-pool deadlock of ``_eigh_many`` (seen
-    with 8 host devices solving at once).
-    """
-    solve = functools.partial(jax.lax.linalg.triangular_solve, left_side=True)
-
-    def one(lr):
-        chol_i, rhs_i = lr
-        y = solve(chol_i, rhs_i, lower=True)
-        return solve(chol_i, y, lower=True, transpose_a=True)
-
-    batch = chol.shape[:-2]
-    if math.prod(batch) <= 1:
-        n = chol.shape[-1]
-        out = one((chol.reshape(n, n), rhs.reshape(rhs.shape[-2:])))
-        return out.reshape(rhs.shape)
-    flat = (
+    same leading dimensions (stacks through ``_per_matrix``)."""
+    flat = _per_matrix(
+        _solve_lower_lt,
         chol.reshape(-1, *chol.shape[-2:]),
         rhs.reshape(-1, *rhs.shape[-2:]),
     )
-    out = jax.lax.platform_dependent(
-        *flat,
-        cpu=lambda c, r: jax.lax.map(one, (c, r)),
-        default=lambda c, r: one((c, r)),
-    )
-    return out.reshape(rhs.shape)
+    return flat.reshape(rhs.shape)
 
 
 def _nocco_against_cholesky(
@@ -805,16 +794,15 @@ def _nocco_against_cholesky(
     """
     b, p, n, _ = ga.shape
     mats = ga if gb is None else jnp.concatenate([ga, gb[:, None]], axis=1)
-    ridge = c * jnp.eye(n, dtype=ga.dtype)
-    chol = _cholesky_many((mats + ridge).reshape(-1, n, n)).reshape(mats.shape)
+    chol = _ridge_factor(mats, c)
     out_b = out_f = z = None
     if gb is not None:
         z = _ridge_solve(chol, mats)  # (B, P + 1, n, n)
         out_b = jnp.sum(z[:, :p] * _swap(z[:, p])[:, None], axis=(-2, -1))
     if fb is not None:
         r = fb.shape[-1]
-        s = _mm(_swap(fb), fb) + c * jnp.eye(r, dtype=fb.dtype)
-        w = _ridge_solve(_cholesky_many(s), _swap(fb))  # (B, r, n) = S^-1 F^T
+        # (B, r, n) = S^-1 F^T, S = F^T F + c I
+        w = _ridge_solve(_ridge_factor(_mm(_swap(fb), fb), c), _swap(fb))
         if z is not None:  # sum(Z_a o R_f), R_f = F S^-1 F^T (n^2 r, once)
             out_f = _einsum("bpij,bij->bp", z[:, :p], _mm(fb, w))
         else:
